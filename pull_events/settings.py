@@ -1,0 +1,212 @@
+"""One configuration for the receiver and the pipeline, read from the environment.
+
+Every setting is validated when it is read: a missing or invalid value raises ``SettingsError`` naming
+the variable, so a process stops at start rather than failing on its first event.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
+DEFAULT_LANDING = DEFAULT_DATA_DIR / "landing"
+DEFAULT_WAREHOUSE = DEFAULT_DATA_DIR / "warehouse.duckdb"
+DEFAULT_ISSUER = "https://issuer.enforce.dev"
+
+_GCS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<prefix>.*))?$")
+_BIGQUERY_URI = re.compile(r"^bigquery://(?P<project>[a-z][a-z0-9.:-]{2,62}[a-z0-9])/(?P<dataset>\w{1,1024})/?$")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or invalid; the message names the environment variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+@dataclass(frozen=True)
+class LandingLocation:
+    """Where landed NDJSON objects live: a GCS bucket (and prefix) or a local directory."""
+
+    kind: Literal["gcs", "local"]
+    bucket: str = ""
+    prefix: str = ""
+    path: Path = DEFAULT_LANDING
+
+    @property
+    def uri(self) -> str:
+        if self.kind == "gcs":
+            return f"gs://{self.bucket}/{self.prefix}".rstrip("/")
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class WarehouseLocation:
+    """Where the tables live: a BigQuery dataset or a DuckDB file."""
+
+    kind: Literal["bigquery", "duckdb"]
+    project: str = ""
+    dataset: str = ""
+    path: Path = DEFAULT_WAREHOUSE
+
+
+@dataclass(frozen=True)
+class ReceiverSettings:
+    """Settings only the receiver reads."""
+
+    auth: Literal["chainguard", "off"]
+    issuer: str
+    group: str | None
+    port: int
+    max_body_bytes: int
+    batch_max_events: int
+    batch_max_bytes: int
+    batch_max_wait_seconds: float
+    max_pending_events: int
+    commit_timeout_seconds: float
+    jwks_min_refresh_seconds: float
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Settings only the Dagster pipeline reads."""
+
+    lateness_seconds: int
+    max_objects_per_run: int
+    rejected_rate_threshold: float
+    freshness_minutes: int
+
+
+@dataclass(frozen=True)
+class Settings:
+    landing: LandingLocation
+    warehouse: WarehouseLocation
+    receiver: ReceiverSettings
+    pipeline: PipelineSettings
+
+
+def parse_landing(value: str) -> LandingLocation:
+    """Parse ``PULL_EVENTS_LANDING``: ``gs://BUCKET[/PREFIX]`` or a local directory."""
+    if value.startswith("gs://"):
+        match = _GCS_URI.match(value)
+        if not match:
+            raise SettingsError("PULL_EVENTS_LANDING", f"{value!r} is not a valid gs://BUCKET[/PREFIX] URI")
+        prefix = (match.group("prefix") or "").strip("/")
+        if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+            raise SettingsError("PULL_EVENTS_LANDING", f"prefix {prefix!r} has an empty, '.' or '..' segment")
+        return LandingLocation(kind="gcs", bucket=match.group("bucket"), prefix=prefix)
+    if "://" in value:
+        raise SettingsError("PULL_EVENTS_LANDING", f"{value!r}: only gs:// URIs or local directories are supported")
+    return LandingLocation(kind="local", path=_project_path(value))
+
+
+def parse_warehouse(value: str) -> WarehouseLocation:
+    """Parse ``PULL_EVENTS_WAREHOUSE``: ``bigquery://PROJECT/DATASET`` or a DuckDB file path."""
+    if value.startswith("bigquery://"):
+        match = _BIGQUERY_URI.match(value)
+        if not match:
+            raise SettingsError("PULL_EVENTS_WAREHOUSE", f"{value!r} is not a valid bigquery://PROJECT/DATASET URI")
+        return WarehouseLocation(kind="bigquery", project=match.group("project"), dataset=match.group("dataset"))
+    if "://" in value:
+        raise SettingsError(
+            "PULL_EVENTS_WAREHOUSE", f"{value!r}: only bigquery:// URIs or DuckDB file paths are supported"
+        )
+    return WarehouseLocation(kind="duckdb", path=_project_path(value))
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting from ``environ`` (default: the process environment)."""
+    env = os.environ if environ is None else environ
+    auth = env.get("PULL_EVENTS_AUTH", "chainguard").strip().lower()
+    if auth not in ("chainguard", "off"):
+        raise SettingsError("PULL_EVENTS_AUTH", f"must be 'chainguard' or 'off', not {auth!r}")
+    group = env.get("CHAINGUARD_GROUP", "").strip() or None
+    if auth == "chainguard" and group is None:
+        raise SettingsError(
+            "CHAINGUARD_GROUP",
+            "required while PULL_EVENTS_AUTH=chainguard: the org or folder id tokens must name (sub = webhook:<group>)",
+        )
+    issuer = env.get("CHAINGUARD_ISSUER", DEFAULT_ISSUER).strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+", issuer):
+        raise SettingsError("CHAINGUARD_ISSUER", f"{issuer!r} is not an http(s) URL")
+
+    batch_max_bytes = _int(env, "PULL_EVENTS_BATCH_MAX_BYTES", 4 * 1024 * 1024, minimum=1024)
+    # GCS ignores if_generation_match on resumable uploads (used above 8 MiB): stay below so create-only holds.
+    if batch_max_bytes > 8 * 1024 * 1024:
+        raise SettingsError("PULL_EVENTS_BATCH_MAX_BYTES", "must be at most 8 MiB (create-only uploads)")
+    max_body = _int(env, "PULL_EVENTS_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
+    if max_body > batch_max_bytes:
+        raise SettingsError("PULL_EVENTS_MAX_BODY_BYTES", "must not exceed PULL_EVENTS_BATCH_MAX_BYTES")
+
+    receiver = ReceiverSettings(
+        auth=auth,  # type: ignore[arg-type]
+        issuer=issuer,
+        group=group,
+        port=_int(env, "PORT", 8080, minimum=1, maximum=65535),
+        max_body_bytes=max_body,
+        batch_max_events=_int(env, "PULL_EVENTS_BATCH_MAX_EVENTS", 1000, minimum=1),
+        batch_max_bytes=batch_max_bytes,
+        batch_max_wait_seconds=_float(env, "PULL_EVENTS_BATCH_MAX_WAIT_MS", 5.0, minimum=0.0) / 1000,
+        max_pending_events=_int(env, "PULL_EVENTS_MAX_PENDING_EVENTS", 5000, minimum=1),
+        commit_timeout_seconds=_float(env, "PULL_EVENTS_COMMIT_TIMEOUT_S", 10.0, minimum=0.1),
+        jwks_min_refresh_seconds=_float(env, "PULL_EVENTS_JWKS_MIN_REFRESH_S", 10.0, minimum=0.0),
+    )
+    pipeline = PipelineSettings(
+        lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
+        max_objects_per_run=_int(env, "PULL_EVENTS_MAX_OBJECTS_PER_RUN", 500, minimum=1),
+        rejected_rate_threshold=_float(env, "PULL_EVENTS_MAX_REJECTED_RATE", 0.01, minimum=0.0, maximum=1.0),
+        freshness_minutes=_int(env, "PULL_EVENTS_FRESHNESS_MINUTES", 60, minimum=1),
+    )
+    return Settings(
+        landing=parse_landing(env.get("PULL_EVENTS_LANDING", "").strip() or str(DEFAULT_LANDING)),
+        warehouse=parse_warehouse(env.get("PULL_EVENTS_WAREHOUSE", "").strip() or str(DEFAULT_WAREHOUSE)),
+        receiver=receiver,
+        pipeline=pipeline,
+    )
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int | None = None, maximum: int | None = None
+) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not an integer") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not a number") from None
+    _check_range(name, value, minimum, maximum)
+    return value
+
+
+def _check_range(name: str, value: float, minimum: float | None, maximum: float | None) -> None:
+    if minimum is not None and value < minimum:
+        raise SettingsError(name, f"must be at least {minimum}, not {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(name, f"must be at most {maximum}, not {value}")
