@@ -1,0 +1,168 @@
+"""Every table's columns, defined once; each warehouse renders them in its own type system.
+
+The pull table is a superset of the reference recorder's ``pull.schema.json``: ``actor`` and ``body`` keep
+the same nested names (including ``act.aws-arn`` etc.), so queries written against the reference table
+keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from pull_events_dagster.warehouse import base
+
+ColumnType = Literal["STRING", "INT64", "FLOAT64", "BOOL", "TIMESTAMP", "DATETIME", "DATE", "JSON", "RECORD"]
+Mode = Literal["NULLABLE", "REQUIRED", "REPEATED"]
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: ColumnType
+    description: str = ""
+    mode: Mode = "NULLABLE"
+    fields: tuple[Column, ...] = ()
+
+
+def _s(name: str, description: str = "") -> Column:
+    return Column(name, "STRING", description)
+
+
+def _i(name: str, description: str = "") -> Column:
+    return Column(name, "INT64", description)
+
+
+ENVELOPE: tuple[Column, ...] = (
+    Column("event_id", "STRING", "CloudEvent id (Ce-Id)", "REQUIRED"),
+    Column("event_source", "STRING", "CloudEvent source (Ce-Source); (source, id) is unique", "REQUIRED"),
+    _s("event_type", "CloudEvent type (Ce-Type)"),
+    _s("event_subject", "CloudEvent subject (Ce-Subject): the repository UIDP for pulls"),
+    Column("event_time", "TIMESTAMP", "CloudEvent time (Ce-Time)"),
+    _s("event_group", "Chainguard group extension (Ce-Group): the organization id"),
+)
+
+LINEAGE: tuple[Column, ...] = (
+    _s("landing_object", "landing-zone key of the object the event was loaded from"),
+    _i("landing_line", "1-based line number within landing_object"),
+    Column("received_at", "TIMESTAMP", "when the receiver accepted the event"),
+    _s("received_by", "receiver instance that accepted the event"),
+    Column("loaded_at", "TIMESTAMP", "when the pipeline loaded the event"),
+    Column("raw_event", "JSON", "the whole landed line: every attribute, extension and data field, unknown ones too"),
+)
+
+ACTOR = Column(
+    "actor",
+    "RECORD",
+    "identity that acted",
+    fields=(
+        _s("subject", "UIDP of the identity that acted"),
+        Column(
+            "act",
+            "RECORD",
+            "claims of the identity it assumed (all claims are kept in raw_event)",
+            fields=tuple(
+                _s(n) for n in ("iss", "sub", "aud", "aws-arn", "aws-acct", "aws-userid", "email", "job_workflow_ref")
+            ),
+        ),
+    ),
+)
+
+PULL_BODY = Column(
+    "body",
+    "RECORD",
+    "the registry pull",
+    fields=(
+        _s("repository", "repository path as the client named it"),
+        _s("repo_id", "UIDP of the repository"),
+        _s("subdomain", "registry subdomain, e.g. skills for skills.cgr.dev"),
+        _s("tag", "tag pulled; NULL for pulls by digest"),
+        _s("digest", "sha256 digest of the manifest or blob fetched"),
+        _s("method", "HEAD or GET"),
+        _s("type", "manifest or blob"),
+        Column("when", "DATETIME", "when the pull happened (UTC civil time)"),
+        _s("location"),
+        _s("remote_address", "client IP address"),
+        _s("user_agent"),
+        Column(
+            "error",
+            "RECORD",
+            "OCI distribution error, if the pull failed",
+            fields=(_i("status"), _s("code"), _s("message")),
+        ),
+        Column(
+            "policy_results",
+            "RECORD",
+            "policy evaluations",
+            "REPEATED",
+            fields=(_s("policy_id"), _s("policy_name"), _s("mode"), _s("result")),
+        ),
+    ),
+)
+
+TABLES: dict[str, tuple[Column, ...]] = {
+    base.PULLS: (
+        *ENVELOPE,
+        _s("repository", "copy of body.repository at top level: BigQuery clusters only on top-level columns"),
+        ACTOR,
+        PULL_BODY,
+        *LINEAGE,
+    ),
+    base.EVENTS: (*ENVELOPE, Column("data", "JSON", "the event data"), *LINEAGE),
+    base.REJECTED: (
+        _s("landing_object"),
+        _i("landing_line"),
+        _s("reason", "why the line could not be loaded"),
+        _s("raw_line", "the line exactly as landed"),
+        Column("rejected_at", "TIMESTAMP"),
+        _s("run_id", "Dagster run that found it"),
+    ),
+    base.LOADED_OBJECTS: (
+        Column("landing_object", "STRING", mode="REQUIRED"),
+        _i("lines", "lines in the object"),
+        _i("pulls_inserted"),
+        _i("events_inserted"),
+        _i("duplicates_skipped"),
+        _i("lines_rejected"),
+        Column("loaded_at", "TIMESTAMP"),
+        _s("run_id"),
+    ),
+    base.DAILY_PULLS: (
+        Column("day", "DATE", "UTC day of body.when", "REQUIRED"),
+        Column("repository", "STRING", mode="REQUIRED"),
+        _i("events", "all pull events (HEAD and GET, manifests and blobs)"),
+        _i("image_pulls", "manifest GETs without error: what a person means by a pull"),
+        _i("manifest_heads", "manifest HEADs (existence checks, e.g. by pull-through caches)"),
+        _i("blob_gets"),
+        _i("errors", "events with an error"),
+        _i("unique_actors", "distinct actor.subject"),
+        _i("unique_clients", "distinct body.remote_address"),
+        Column("computed_at", "TIMESTAMP"),
+    ),
+    base.REPOSITORY_SUMMARY: (
+        Column("repository", "STRING", mode="REQUIRED"),
+        _i("events"),
+        _i("image_pulls"),
+        _i("errors"),
+        Column("error_rate", "FLOAT64", "errors / events"),
+        _i("unique_actors"),
+        _i("unique_clients"),
+        Column("first_seen", "DATETIME", "earliest body.when"),
+        Column("last_seen", "DATETIME", "latest body.when"),
+        _i("image_pulls_last_7d", "image pulls in the 7 days up to the latest pull in the table"),
+        _i("image_pulls_last_30d"),
+        Column(
+            "top_tags",
+            "RECORD",
+            "the 5 most pulled tags by image pulls",
+            "REPEATED",
+            fields=(_s("tag"), _i("image_pulls")),
+        ),
+        Column("computed_at", "TIMESTAMP"),
+    ),
+    base.REFRESH_STATE: (
+        Column("table_name", "STRING", mode="REQUIRED"),
+        Column("loaded_through", "TIMESTAMP", "max loaded_at of the pull table consumed by the last refresh"),
+        Column("refreshed_at", "TIMESTAMP"),
+    ),
+}
