@@ -260,8 +260,12 @@ class GcsLandingStore(LandingStore):
         return f"gs://{self.bucket.name}/{self.prefix}{key}"
 
     def check_ready(self) -> None:
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        timeout = min(self.timeout, 5.0)
         try:
-            if not self.bucket.exists(timeout=min(self.timeout, 5.0)):
+            # Bound the retries too: by default they go on for 120 s against an unreachable server.
+            if not self.bucket.exists(timeout=timeout, retry=DEFAULT_RETRY.with_timeout(timeout)):
                 raise LandingUnavailable(f"bucket gs://{self.bucket.name} does not exist")
         except LandingUnavailable:
             raise

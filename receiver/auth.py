@@ -1,0 +1,218 @@
+"""Verification of the OIDC token Chainguard signs each webhook delivery with.
+
+What is checked, as Chainguard's own ``events/receiver`` does: an RS256 signature by a key of the
+issuer (found through ``<issuer>/.well-known/openid-configuration`` -> ``jwks_uri``), ``iss`` exactly
+the configured issuer, ``aud`` containing ``customer``, ``sub == "webhook:<group>"``, the claim
+``webhook.digest == "sha256:" + sha256(raw body)``, ``exp`` with no leeway and ``nbf`` when present.
+``iat`` is not checked against the clock, like the SDK, so a sender clock a second ahead is no failure.
+
+The key set is cached. A token whose key is not in it, or whose signature fails with the cached keys,
+makes the verifier fetch the key set again (key rotation), at most once per ``min_refresh_seconds``
+(an attacker cannot make it hammer the issuer). A token naming an unknown ``kid`` while a refetch is
+not yet allowed is answered 503, not 403, so a delivery signed with a freshly rotated key is retried
+rather than lost; an issuer that cannot be reached is also 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from receiver.errors import MissingToken, TokenRejected, Unavailable
+from receiver.logs import get_logger
+
+AUDIENCE = "customer"
+ALGORITHM = "RS256"
+_BEARER = re.compile(r"^\s*bearer\s+([^\s,]+)\s*$", re.IGNORECASE)
+_MAX_DOCUMENT_BYTES = 1024 * 1024
+log = get_logger("auth")
+
+
+class IssuerUnavailable(Unavailable):
+    """The issuer's discovery document or key set could not be fetched (503: retry later)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("issuer_unavailable", detail, retry_after=5)
+
+
+@dataclass(frozen=True)
+class _KeySet:
+    keys: tuple[jwt.PyJWK, ...]
+    fetched_at: float
+
+
+class ChainguardVerifier:
+    """Checks the ``Authorization`` header of a delivery against its raw body. Thread-safe."""
+
+    def __init__(self, issuer: str, group: str, min_refresh_seconds: float = 10.0, fetch_timeout: float = 5.0) -> None:
+        self.issuer = issuer
+        self.subject = f"webhook:{group}"
+        self.min_refresh_seconds = min_refresh_seconds
+        self.fetch_timeout = fetch_timeout
+        self._keys: _KeySet | None = None
+        self._jwks_uri: str | None = None
+        self._refresh_lock = threading.Lock()
+        self._failed_at = float("-inf")
+        self._failure = ""
+
+    def verify(self, authorization: str | None, body: bytes) -> dict[str, Any]:
+        """Return the token's claims, or raise ``MissingToken`` (401), ``TokenRejected`` (403) or
+        ``Unavailable`` (503)."""
+        token = bearer_token(authorization)
+        header = _unverified_header(token)
+        algorithm = header.get("alg")
+        if algorithm != ALGORITHM:
+            raise TokenRejected(f"token algorithm {algorithm!r} is not allowed: only {ALGORITHM}")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenRejected("token header 'kid' is not a string")
+        claims = self._verified_claims(token, kid)
+        if claims.get("sub") != self.subject:
+            raise TokenRejected(f"token subject {claims.get('sub')!r} is not {self.subject!r}")
+        webhook = claims.get("webhook")
+        digest = webhook.get("digest") if isinstance(webhook, dict) else None
+        if not isinstance(digest, str):
+            raise TokenRejected("token has no webhook.digest claim")
+        expected = "sha256:" + hashlib.sha256(body).hexdigest()
+        if not hmac.compare_digest(digest.encode(), expected.encode()):
+            raise TokenRejected("token webhook.digest does not match the sha256 of the request body")
+        return claims
+
+    def _verified_claims(self, token: str, kid: str | None) -> dict[str, Any]:
+        keys = self._keys or self._refresh(None)
+        for attempt in range(2):
+            candidates = [key for key in keys.keys if kid is None or key.key_id == kid]
+            for key in candidates:
+                try:
+                    return jwt.decode(
+                        token,
+                        key.key,
+                        algorithms=[ALGORITHM],
+                        audience=AUDIENCE,
+                        issuer=self.issuer,
+                        leeway=0,
+                        options={"require": ["exp", "iss", "aud", "sub"], "verify_iat": False},
+                    )
+                except jwt.InvalidSignatureError:
+                    continue
+                except jwt.PyJWTError as exc:
+                    raise TokenRejected(_describe(exc)) from None
+            if attempt == 0:
+                refreshed = self._refresh(keys)
+                if refreshed is keys:
+                    if kid is not None and not candidates:
+                        wait = max(1, round(keys.fetched_at + self.min_refresh_seconds - time.monotonic()))
+                        raise Unavailable(
+                            "unknown_signing_key",
+                            f"no key {kid!r} in the issuer's key set, which was fetched too recently to fetch again",
+                            retry_after=wait,
+                        )
+                    break
+                keys = refreshed
+        if kid is not None and not any(key.key_id == kid for key in keys.keys):
+            raise TokenRejected(f"the issuer has no signing key {kid!r}")
+        raise TokenRejected("token signature does not verify with any of the issuer's keys")
+
+    def _refresh(self, stale: _KeySet | None) -> _KeySet:
+        """Fetch the key set, unless another thread just did or the last fetch is too recent.
+
+        Returns ``stale`` itself when no fetch was allowed.
+        """
+        with self._refresh_lock:
+            current = self._keys
+            if current is not None and current is not stale:
+                return current  # another thread refreshed while this one waited
+            now = time.monotonic()
+            if current is not None and now - current.fetched_at < self.min_refresh_seconds:
+                return current
+            if now - self._failed_at < self.min_refresh_seconds:
+                raise IssuerUnavailable(self._failure)  # do not hammer an issuer that just failed
+            try:
+                keys = self._fetch_keys()
+            except IssuerUnavailable as exc:
+                self._failed_at, self._failure = time.monotonic(), exc.detail
+                raise
+            self._keys = keys
+            return keys
+
+    def _fetch_keys(self) -> _KeySet:
+        try:
+            if self._jwks_uri is None:
+                discovery = _fetch_json(f"{self.issuer}/.well-known/openid-configuration", self.fetch_timeout)
+                if discovery.get("issuer") != self.issuer:
+                    raise IssuerUnavailable(
+                        f"discovery document names issuer {discovery.get('issuer')!r}, not {self.issuer!r}"
+                    )
+                jwks_uri = discovery.get("jwks_uri")
+                if not isinstance(jwks_uri, str) or not jwks_uri.startswith(("https://", "http://")):
+                    raise IssuerUnavailable("discovery document has no usable jwks_uri")
+                self._jwks_uri = jwks_uri
+            document = _fetch_json(self._jwks_uri, self.fetch_timeout)
+            keys = tuple(
+                key
+                for key in jwt.PyJWKSet.from_dict(document).keys
+                if key.key_type == "RSA" and key.algorithm_name == ALGORITHM and key.public_key_use in (None, "sig")
+            )
+        except IssuerUnavailable:
+            self._jwks_uri = None
+            raise
+        except (OSError, ValueError, jwt.PyJWTError) as exc:
+            self._jwks_uri = None  # rediscover next time: the issuer may have moved its keys
+            log.warning(
+                "cannot fetch the issuer's keys", extra={"fields": {"issuer": self.issuer, "problem": str(exc)}}
+            )
+            raise IssuerUnavailable(f"cannot fetch the signing keys of {self.issuer}: {exc}") from None
+        if not keys:
+            raise IssuerUnavailable(f"the key set of {self.issuer} has no {ALGORITHM} signing key")
+        log.info("fetched the issuer's signing keys", extra={"fields": {"issuer": self.issuer, "keys": len(keys)}})
+        return _KeySet(keys=keys, fetched_at=time.monotonic())
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an ``Authorization: Bearer <token>`` header, or ``MissingToken`` (401)."""
+    if not authorization or not authorization.strip():
+        raise MissingToken("no Authorization header: a Bearer token is required")
+    match = _BEARER.match(authorization)
+    if not match:
+        raise MissingToken("the Authorization header is not of the form 'Bearer <token>'")
+    return match.group(1)
+
+
+def _unverified_header(token: str) -> dict[str, Any]:
+    try:
+        return jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenRejected(f"malformed token: {exc}") from None
+
+
+def _describe(exc: jwt.PyJWTError) -> str:
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return "token has expired"
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return "token is not valid yet (nbf)"
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return f"token audience does not include {AUDIENCE!r}"
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return "token issuer is not the configured issuer"
+    return f"token rejected: {exc}"
+
+
+def _fetch_json(url: str, timeout: float) -> dict[str, Any]:
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        raw = response.read(_MAX_DOCUMENT_BYTES + 1)
+    if len(raw) > _MAX_DOCUMENT_BYTES:
+        raise ValueError(f"{url} answered more than {_MAX_DOCUMENT_BYTES} bytes")
+    document = json.loads(raw)
+    if not isinstance(document, dict):
+        raise ValueError(f"{url} did not answer a JSON object")
+    return document

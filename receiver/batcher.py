@@ -1,0 +1,261 @@
+"""Group commit: many concurrent requests, one durable object per event type per batch.
+
+Request threads call ``submit`` with an encoded record and block on a per-item future. One committer
+thread gathers what is queued (at most ``max_events`` / ``max_bytes``; it waits at most ``max_wait``
+after the oldest item arrived, and not at all once a batch is full or while shutting down), writes one
+create-only object per event type with ``LandingStore.write_new``, and only then resolves the futures.
+So an acknowledgement always means the object is durable, and a burst of thousands of events becomes
+a handful of objects while a lone event waits only ``max_wait``.
+
+The queue is bounded by events and bytes: when it is full, ``submit`` refuses at once (``Overloaded``),
+so memory stays flat under any burst and the sender is pushed back. A request waits at most
+``commit_timeout`` for its commit; after that it is refused (``CommitTimedOut``) and, if its item was
+not yet taken, the item is withdrawn, so it can never land after having been refused. (An item already
+being written may still land; the sender's retry then makes a duplicate, which at-least-once delivery
+allows and the warehouse removes by ``(source, id)``.)
+
+Group commit works within one process: each gunicorn worker process has its own batcher.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pull_events.landing import LandingStore, LandingUnavailable, object_key, utc_now
+from receiver.errors import Unavailable
+from receiver.logs import get_logger
+from receiver.metrics import ReceiverMetrics
+
+# Each line gets '{"landing_object":"<key>","landing_line":N,' in front: count it in the batch size.
+_LINE_OVERHEAD = 256
+log = get_logger("batcher")
+
+
+class Overloaded(Unavailable):
+    """Too many events are waiting for a commit: retry shortly (503)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("overloaded", detail, retry_after=1)
+
+
+class CommitTimedOut(Unavailable):
+    """The event was not durable within the commit timeout; it is not acknowledged (503)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("commit_timeout", detail, retry_after=2)
+
+
+class ShuttingDown(Unavailable):
+    """The receiver is stopping and takes no new events (503)."""
+
+    def __init__(self) -> None:
+        super().__init__("shutting_down", "the receiver is shutting down", retry_after=1)
+
+
+class CommitFailed(Unavailable):
+    """The landing zone refused the object holding the event (503)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("landing_unavailable", detail, retry_after=5)
+
+
+@dataclass(frozen=True)
+class Landed:
+    """Where an event was landed: the object key and its 1-based line."""
+
+    key: str
+    line: int
+
+
+@dataclass
+class _Item:
+    event_type: str
+    record: bytes
+    size: int
+    enqueued: float
+    future: Future = field(default_factory=Future)
+
+
+class Batcher:
+    """Gathers records from many threads and lands them in few create-only objects."""
+
+    def __init__(
+        self,
+        store: LandingStore,
+        instance: str,
+        *,
+        max_events: int = 1000,
+        max_bytes: int = 4 * 1024 * 1024,
+        max_wait: float = 0.005,
+        max_pending_events: int = 5000,
+        max_pending_bytes: int = 16 * 1024 * 1024,
+        commit_timeout: float = 10.0,
+        metrics: ReceiverMetrics | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.instance = instance
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_wait = max_wait
+        self.max_pending_events = max_pending_events
+        self.max_pending_bytes = max_pending_bytes
+        self.commit_timeout = commit_timeout
+        self.metrics = metrics or ReceiverMetrics()
+        self.clock = clock
+        self._queue: deque[_Item] = deque()
+        self._pending_bytes = 0
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._sequence = itertools.count(1)
+        self.metrics.track_queue_depth(self.pending)
+
+    def pending(self) -> int:
+        """Events queued and not yet taken by the committer."""
+        return len(self._queue)
+
+    def submit(self, event_type: str, record: bytes) -> Landed:
+        """Land one record (a JSON object without newline); return where once it is durable.
+
+        Raises ``Overloaded``, ``ShuttingDown``, ``CommitTimedOut`` or ``CommitFailed`` (all 503s);
+        on any of them the event is not acknowledged.
+        """
+        item = _Item(event_type, record, len(record) + _LINE_OVERHEAD, time.monotonic())
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown()
+            if len(self._queue) >= self.max_pending_events:
+                raise Overloaded(f"{len(self._queue)} events are already waiting for a commit")
+            if self._queue and self._pending_bytes + item.size > self.max_pending_bytes:
+                raise Overloaded(f"{self._pending_bytes} bytes are already waiting for a commit")
+            self._start_committer()
+            self._queue.append(item)
+            self._pending_bytes += item.size
+            # Wake the committer only when it has something new to decide on.
+            if len(self._queue) == 1 or len(self._queue) >= self.max_events or self._pending_bytes >= self.max_bytes:
+                self._cond.notify()
+        try:
+            return item.future.result(timeout=self.commit_timeout)
+        except TimeoutError:
+            if item.future.cancel():
+                raise CommitTimedOut(
+                    f"not committed within {self.commit_timeout:g}s; withdrawn, so it will not land"
+                ) from None
+            try:
+                return item.future.result(timeout=0)  # finished just now
+            except TimeoutError:
+                raise CommitTimedOut(
+                    f"not committed within {self.commit_timeout:g}s (the write is still in progress)"
+                ) from None
+
+    def close(self, timeout: float | None = None) -> None:
+        """Take no new events, commit everything queued, and stop the committer."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning("committer still busy at shutdown", extra={"fields": {"pending": len(self._queue)}})
+        else:
+            log.info("committer stopped: everything queued is committed")
+
+    @property
+    def closed(self) -> bool:
+        return self._closing
+
+    def _start_committer(self) -> None:
+        # Started on first use, so an app created before a fork gets its thread in the child.
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="landing-committer", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            if batch:
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # never let the committer die with futures unresolved
+                    log.exception("commit crashed", extra={"fields": {"events": len(batch)}})
+                    for item in batch:
+                        if not item.future.done():
+                            item.future.set_exception(CommitFailed(f"commit failed: {exc}"))
+
+    def _next_batch(self) -> list[_Item] | None:
+        """The next items to commit, ``[]`` if all were withdrawn, ``None`` once closed and empty."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            deadline = self._queue[0].enqueued + self.max_wait
+            while (
+                not self._closing
+                and len(self._queue) < self.max_events
+                and self._pending_bytes < self.max_bytes
+                and (remaining := deadline - time.monotonic()) > 0
+            ):
+                self._cond.wait(remaining)
+            batch: list[_Item] = []
+            size = 0
+            while self._queue and len(batch) < self.max_events:
+                item = self._queue[0]
+                if batch and size + item.size > self.max_bytes:
+                    break
+                self._queue.popleft()
+                self._pending_bytes -= item.size
+                # False when the waiting request gave up and withdrew the item.
+                if item.future.set_running_or_notify_cancel():
+                    batch.append(item)
+                    size += item.size
+            return batch
+
+    def _commit(self, batch: list[_Item]) -> None:
+        committed_at = self.clock()
+        groups: dict[str, list[_Item]] = {}
+        for item in batch:
+            groups.setdefault(item.event_type, []).append(item)
+        for event_type, items in groups.items():
+            self._write_group(event_type, items, committed_at)
+
+    def _write_group(self, event_type: str, items: list[_Item], committed_at: datetime) -> None:
+        key = object_key(event_type, committed_at, self.instance, next(self._sequence))
+        head = b'{"landing_object":' + json.dumps(key).encode() + b',"landing_line":'
+        data = b"".join(b"%s%d,%s\n" % (head, line, memoryview(item.record)[1:]) for line, item in enumerate(items, 1))
+        started = time.perf_counter()
+        try:
+            self.store.write_new(key, data)
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, LandingUnavailable) else f"{type(exc).__name__}: {exc}"
+            self.metrics.commit_failures.inc()
+            log.error(
+                "landing zone refused an object",
+                extra={"fields": {"object": key, "events": len(items), "problem": reason}},
+            )
+            for item in items:
+                item.future.set_exception(CommitFailed(f"the landing zone could not store the event: {reason}"))
+            return
+        elapsed = time.perf_counter() - started
+        self.metrics.commit_seconds.observe(elapsed)
+        self.metrics.batch_events.observe(len(items))
+        self.metrics.batch_bytes.observe(len(data))
+        log.info(
+            "landed an object",
+            extra={"fields": {"object": key, "events": len(items), "bytes": len(data), "seconds": round(elapsed, 6)}},
+        )
+        for line, item in enumerate(items, 1):
+            item.future.set_result(Landed(key, line))

@@ -1,0 +1,190 @@
+"""From an HTTP request to a CloudEvent, and from a CloudEvent to its landing record.
+
+The ``cloudevents`` SDK parses and validates the attributes of both content modes. The receiver adds
+what a faithful record needs and the SDK does not give:
+
+- the attributes exactly as sent: the SDK fills in ``id`` and ``time`` when they are missing (so the
+  required ones are checked here first), and turns ``time`` into a ``datetime``, which would cut
+  Chainguard's nanoseconds, so the record keeps the original string;
+- strict JSON data: the SDK quietly keeps invalid JSON as a string; here it is a 400.
+
+A record is one line of JSON: every attribute and extension as a top-level key, ``data`` (the event
+data as JSON), then ``received_at``, ``received_by`` and ``body_sha256``. The committer later prefixes
+``landing_object`` and ``landing_line`` (see ``pull_events.landing``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from cloudevents.core.bindings.http import HTTPMessage, from_binary, from_structured
+from cloudevents.core.exceptions import BaseCloudEventException
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import REQUIRED_ATTRIBUTES, CloudEvent
+
+from receiver.errors import BadEvent, UnsupportedContent
+
+STRUCTURED_MEDIA_TYPE = "application/cloudevents+json"
+BATCH_MEDIA_TYPE = "application/cloudevents-batch+json"
+_CE_PREFIX = "ce-"
+_FORMAT = JSONFormat()
+# Raw U+0085/U+2028/U+2029 are legal inside JSON strings but are line breaks to str.splitlines():
+# escaping them keeps one record on one line for any reader, and changes no value.
+_LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+_SDK_ERRORS = (BaseCloudEventException, ValueError, TypeError, KeyError, AttributeError, OverflowError)
+
+
+@dataclass(frozen=True)
+class ReceivedEvent:
+    """One CloudEvent as it arrived: attributes as sent, and its data as one line of JSON text."""
+
+    attributes: dict[str, Any]
+    data: bytes | None
+    mode: str
+
+    @property
+    def type(self) -> str:
+        return self.attributes["type"]
+
+    @property
+    def id(self) -> str:
+        return self.attributes["id"]
+
+    @property
+    def source(self) -> str:
+        return self.attributes["source"]
+
+
+def parse_event(headers: Mapping[str, str], body: bytes) -> ReceivedEvent:
+    """Parse one CloudEvents 1.0 HTTP request (binary or structured JSON mode).
+
+    Raises ``UnsupportedContent`` (415) for batches, non-JSON structured formats and non-JSON data in
+    binary mode, and ``BadEvent`` (400) for anything that is not a valid CloudEvent with JSON data.
+    """
+    fields = {name.lower(): value for name, value in headers.items()}
+    content_type = fields.get("content-type", "").strip()
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type == BATCH_MEDIA_TYPE:
+        raise UnsupportedContent(
+            "batch_not_supported", f"{BATCH_MEDIA_TYPE} is not accepted: send one event per request"
+        )
+    if media_type.startswith("application/cloudevents"):
+        if media_type != STRUCTURED_MEDIA_TYPE:
+            raise UnsupportedContent(
+                "unsupported_format", f"structured format {media_type!r} is not supported: use {STRUCTURED_MEDIA_TYPE}"
+            )
+        return _parse_structured(body)
+    return _parse_binary(fields, content_type, body)
+
+
+def _parse_binary(fields: dict[str, str], content_type: str, body: bytes) -> ReceivedEvent:
+    if content_type and not _FORMAT.JSON_CONTENT_TYPE_PATTERN.match(content_type):
+        raise UnsupportedContent(
+            "unsupported_media_type",
+            f"Content-Type {content_type!r} is not supported: event data must be JSON (application/json)",
+        )
+    ce_headers = {name: _header_text(value) for name, value in fields.items() if name.startswith(_CE_PREFIX)}
+    if not ce_headers:
+        raise BadEvent(
+            "not_a_cloudevent",
+            f"no Ce-* headers (binary mode) and Content-Type is not {STRUCTURED_MEDIA_TYPE} (structured mode)",
+        )
+    sent = {name[len(_CE_PREFIX) :] for name in ce_headers}
+    _require_attributes(sent)
+    message_headers = dict(ce_headers)
+    if content_type:
+        message_headers["content-type"] = content_type
+    try:
+        # Data is parsed strictly below; the SDK gets no body so it cannot fall back to a string.
+        event = from_binary(HTTPMessage(headers=message_headers, body=b""), _FORMAT, CloudEvent)
+    except _SDK_ERRORS as exc:
+        raise BadEvent("invalid_attribute", str(exc)) from None
+    attributes = {name: value for name, value in event.get_attributes().items() if name in sent}
+    if "time" in attributes:
+        attributes["time"] = unquote(ce_headers["ce-time"])
+    if content_type:
+        attributes["datacontenttype"] = content_type
+    data = _json_line(body) if body else None
+    return ReceivedEvent(attributes=attributes, data=data, mode="binary")
+
+
+def _parse_structured(body: bytes) -> ReceivedEvent:
+    document = _strict_json(body, "body")
+    if not isinstance(document, dict):
+        raise BadEvent("not_a_cloudevent", "a structured CloudEvent must be a JSON object")
+    _require_attributes(set(document))
+    try:
+        from_structured(HTTPMessage(headers={"content-type": STRUCTURED_MEDIA_TYPE}, body=body), _FORMAT, CloudEvent)
+    except _SDK_ERRORS as exc:
+        raise BadEvent("invalid_attribute", str(exc)) from None
+    attributes = {name: value for name, value in document.items() if name != "data"}
+    data = _dumps(document["data"]) if "data" in document else None
+    return ReceivedEvent(attributes=attributes, data=data, mode="structured")
+
+
+def encode_record(event: ReceivedEvent, received_at: datetime, received_by: str, body_sha256: str) -> bytes:
+    """One landing record (a JSON object on one line, without the newline) for ``event``."""
+    parts = [_dumps(event.attributes)[:-1]]
+    if event.data is not None:
+        parts += [b',"data":', event.data]
+    receipt = {
+        "received_at": received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "received_by": received_by,
+        "body_sha256": body_sha256,
+    }
+    parts += [b",", _dumps(receipt)[1:]]
+    record = b"".join(parts)
+    for raw, escaped in _LINE_BREAKS:
+        if raw in record:
+            record = record.replace(raw, escaped)
+    return record
+
+
+def _require_attributes(present: set[str]) -> None:
+    missing = [name for name in REQUIRED_ATTRIBUTES if name not in present]
+    if missing:
+        raise BadEvent("missing_attribute", f"missing required CloudEvents attribute(s): {', '.join(missing)}")
+
+
+def _json_line(body: bytes) -> bytes:
+    """The data as one line of JSON: the body itself when it already is one, else re-encoded compactly."""
+    value = _strict_json(body, "data")
+    if b"\n" in body or b"\r" in body:
+        return _dumps(value)
+    return body
+
+
+def _strict_json(raw: bytes, what: str) -> Any:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadEvent("invalid_json", f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _dumps(value: Any) -> bytes:
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (legal as a JSON escape) cannot be UTF-8: keep it escaped.
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def _header_text(value: str) -> str:
+    """WSGI hands headers over as latin-1; a sender that put raw UTF-8 in a header meant UTF-8."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return value

@@ -1,0 +1,113 @@
+"""HTTP endpoints: ``POST /`` (intake), ``/healthz``, ``/readyz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from pull_events.landing import LandingStore, LandingUnavailable
+from receiver.batcher import Batcher
+from receiver.errors import Rejection, error_response
+from receiver.intake import Intake
+from receiver.logs import get_logger
+from receiver.metrics import ReceiverMetrics
+
+EXTENSION = "pull_events_receiver"
+bp = Blueprint("receiver", __name__)
+log = get_logger("http")
+
+
+@dataclass(frozen=True)
+class ReceiverState:
+    """What the endpoints need, kept in ``app.extensions[EXTENSION]``."""
+
+    intake: Intake
+    batcher: Batcher
+    store: LandingStore
+    metrics: ReceiverMetrics
+    max_body_bytes: int
+
+
+def receiver_state(app: Flask | None = None) -> ReceiverState:
+    """The receiver state of ``app`` (default: the current app)."""
+    return (app or current_app).extensions[EXTENSION]
+
+
+@bp.post("/")
+def receive() -> Response | tuple[Response, int]:
+    state = receiver_state()
+    started = time.perf_counter()
+    try:
+        body = read_body(state.max_body_bytes)
+        event, landed = state.intake.receive(request.headers, body)
+    except Rejection as rejection:
+        state.metrics.rejected.labels(rejection.error, str(rejection.status)).inc()
+        log.warning(
+            "refused a delivery",
+            extra={
+                "fields": {
+                    "status": rejection.status,
+                    "error": rejection.error,
+                    "detail": rejection.detail,
+                    "remote_addr": request.remote_addr,
+                }
+            },
+        )
+        return rejection.response()
+    finally:
+        state.metrics.request_seconds.observe(time.perf_counter() - started)
+    state.metrics.accepted.labels(state.metrics.type_label(event.type)).inc()
+    return jsonify(
+        status="landed", id=event.id, source=event.source, type=event.type, object=landed.key, line=landed.line
+    ), 202
+
+
+def read_body(limit: int) -> bytes:
+    """The request body, or a 413 ``Rejection`` if it is over ``limit`` bytes (with or without Content-Length)."""
+    try:
+        body = request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        body = None
+    if body is None or len(body) > limit:
+        raise Rejection("body_too_large", f"the request body is over the limit of {limit} bytes", status=413)
+    return body
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    return jsonify(status="alive")
+
+
+@bp.get("/readyz")
+def readyz() -> Response | tuple[Response, int]:
+    state = receiver_state()
+    if state.batcher.closed:
+        return error_response(503, "shutting_down", "the receiver is shutting down", retry_after=1)
+    try:
+        state.store.check_ready()
+    except LandingUnavailable as exc:
+        return error_response(503, "landing_unavailable", str(exc), retry_after=5)
+    return jsonify(status="ready")
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    body, content_type = receiver_state().metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Answer every error, including 404/405 and crashes, with the JSON error body."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        code = (exc.name or "error").lower().replace(" ", "_")
+        return error_response(exc.code or 500, code, exc.description or exc.name)
+
+    @app.errorhandler(Exception)
+    def crash(exc: Exception) -> Response:
+        log.exception("request failed", extra={"fields": {"path": request.path}})
+        return error_response(500, "internal_error", "the receiver failed while handling the request")
