@@ -121,14 +121,18 @@ def parse_warehouse(value: str) -> WarehouseLocation:
     return WarehouseLocation(kind="duckdb", path=_project_path(value))
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate every setting from ``environ`` (default: the process environment)."""
+def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = True) -> Settings:
+    """Read and validate every setting from ``environ`` (default: the process environment).
+
+    ``receiver=False`` is for the pipeline, which verifies no tokens: it then does not require
+    ``CHAINGUARD_GROUP``.
+    """
     env = os.environ if environ is None else environ
     auth = env.get("PULL_EVENTS_AUTH", "chainguard").strip().lower()
     if auth not in ("chainguard", "off"):
         raise SettingsError("PULL_EVENTS_AUTH", f"must be 'chainguard' or 'off', not {auth!r}")
     group = env.get("CHAINGUARD_GROUP", "").strip() or None
-    if auth == "chainguard" and group is None:
+    if receiver and auth == "chainguard" and group is None:
         raise SettingsError(
             "CHAINGUARD_GROUP",
             "required while PULL_EVENTS_AUTH=chainguard: the org or folder id tokens must name (sub = webhook:<group>)",

@@ -1,0 +1,85 @@
+"""Asset checks on the loaded tables, judged from one set of figures (``Warehouse.check_figures``).
+
+They run in every load run (the load job selects them with the tables) and can be run alone from the UI.
+"""
+
+from collections.abc import Iterable
+
+import dagster as dg
+
+from pull_events.settings import Settings
+from pull_events_dagster.defs.assets import PULLS_KEY, REJECTED_KEY, WAREHOUSE_POOL
+from pull_events_dagster.defs.resources import WarehouseResource
+
+UNIQUE = "source_id_unique"
+REQUIRED = "required_fields_present"
+RECONCILED = "landed_lines_reconciled"
+REJECTED_RATE = "rejected_rate_below_threshold"
+
+
+def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
+    """The warehouse checks, with the rejected-rate threshold from the settings."""
+    threshold = settings.pipeline.rejected_rate_threshold
+
+    @dg.multi_asset_check(
+        specs=[
+            dg.AssetCheckSpec(
+                UNIQUE,
+                asset=PULLS_KEY,
+                description="Exactly once: no (event_source, event_id) has more than one row (pulls and events).",
+            ),
+            dg.AssetCheckSpec(
+                REQUIRED,
+                asset=PULLS_KEY,
+                description="Every pull row has event_id, event_source, body.repository and body.when.",
+            ),
+            dg.AssetCheckSpec(
+                RECONCILED,
+                asset=PULLS_KEY,
+                description="Every line of every loaded object is accounted for: loaded, a duplicate, or rejected.",
+            ),
+            dg.AssetCheckSpec(
+                REJECTED_RATE,
+                asset=REJECTED_KEY,
+                description=f"Rejected lines are at most {threshold:.2%} of all landed lines.",
+            ),
+        ],
+        pool=WAREHOUSE_POOL,
+    )
+    def warehouse_checks(warehouse: WarehouseResource) -> Iterable[dg.AssetCheckResult]:
+        with warehouse.open() as wh:
+            figures = wh.check_figures()
+        yield dg.AssetCheckResult(
+            check_name=UNIQUE,
+            asset_key=PULLS_KEY,
+            passed=figures.duplicate_keys == 0,
+            metadata={"duplicate_keys": figures.duplicate_keys},
+        )
+        yield dg.AssetCheckResult(
+            check_name=REQUIRED,
+            asset_key=PULLS_KEY,
+            passed=figures.missing_required == 0,
+            metadata={"rows_missing_required_fields": figures.missing_required},
+        )
+        yield dg.AssetCheckResult(
+            check_name=RECONCILED,
+            asset_key=PULLS_KEY,
+            passed=figures.landed_lines == figures.accounted_lines,
+            metadata={"landed_lines": figures.landed_lines, "accounted_lines": figures.accounted_lines},
+        )
+        rate = figures.rejected_lines / figures.total_lines if figures.total_lines else 0.0
+        yield dg.AssetCheckResult(
+            check_name=REJECTED_RATE,
+            asset_key=REJECTED_KEY,
+            passed=rate <= threshold,
+            # Rejected lines are kept and the rest loads: a high rate needs a look, not a halt.
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rejected_lines": figures.rejected_lines,
+                "total_lines": figures.total_lines,
+                "rejected_rate": rate,
+                "threshold": threshold,
+            },
+        )
+
+    return [warehouse_checks]

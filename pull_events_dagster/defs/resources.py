@@ -1,0 +1,158 @@
+"""The two resources every asset, check and sensor uses: the landing zone and the warehouse.
+
+Each is one abstract resource with a local and a cloud implementation; ``build_resources`` picks them from
+the shared settings (``PULL_EVENTS_LANDING``, ``PULL_EVENTS_WAREHOUSE``), so the same definitions serve
+a laptop (directory + DuckDB file) and GCP (bucket + BigQuery dataset).
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+from dagster_gcp import BigQueryResource, GCSResource
+from pydantic import Field
+
+from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
+from pull_events.settings import Settings
+from pull_events_dagster.warehouse.base import DATASET, Warehouse
+from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
+
+
+class LandingResource(dg.ConfigurableResource, ABC):
+    """The landing zone the receiver writes NDJSON objects to."""
+
+    @abstractmethod
+    def store(self) -> LandingStore:
+        """A client for the landing zone."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where it is, for logs and metadata."""
+
+
+class LocalLandingResource(LandingResource):
+    """A local directory (the embedded default)."""
+
+    path: str = Field(description="directory the receiver lands objects in")
+
+    def store(self) -> LandingStore:
+        return LocalLandingStore(Path(self.path))
+
+    def describe(self) -> str:
+        return self.path
+
+
+class GcsLandingResource(LandingResource):
+    """A GCS bucket (and prefix), read through dagster-gcp's GCS client."""
+
+    bucket: str
+    prefix: str = ""
+    gcs: GCSResource
+
+    def store(self) -> LandingStore:
+        return GcsLandingStore(self.bucket, self.prefix, client=self.gcs.get_client())
+
+    def describe(self) -> str:
+        return f"gs://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+class WarehouseResource(dg.ConfigurableResource, ABC):
+    """The warehouse the tables live in."""
+
+    @abstractmethod
+    @contextmanager
+    def open(self) -> Iterator[Warehouse]:
+        """A warehouse client for the duration of the block."""
+
+    @abstractmethod
+    def kind(self) -> str:
+        """``duckdb`` or ``bigquery``."""
+
+
+class DuckDBWarehouseResource(WarehouseResource):
+    """A DuckDB file, opened through dagster-duckdb only while an asset or check works on it."""
+
+    duckdb: DuckDBResource
+    lock_timeout_seconds: float = Field(
+        default=600.0,
+        description="how long a load waits for another process (an analyst's session) to release the file",
+    )
+    memory_limit: str = Field(default="512MB", description="DuckDB's memory cap while the pipeline works")
+    chunk_megabytes: int = Field(default=64, description="landing data a load reads in one statement")
+
+    @contextmanager
+    def open(self) -> Iterator[Warehouse]:
+        if self.duckdb.database != ":memory:":
+            Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
+        yield DuckDBWarehouse(
+            self.duckdb.get_connection,
+            lock_timeout=self.lock_timeout_seconds,
+            chunk_bytes=self.chunk_megabytes * 1024 * 1024,
+            memory_limit=self.memory_limit,
+        )
+
+    def kind(self) -> str:
+        return "duckdb"
+
+
+class BigQueryWarehouseResource(WarehouseResource):
+    """A BigQuery dataset, through dagster-gcp's BigQueryResource."""
+
+    bigquery: BigQueryResource
+    dataset: str = DATASET
+
+    @contextmanager
+    def open(self) -> Iterator[Warehouse]:
+        from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse
+
+        emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
+        if emulator:
+            # google-cloud-bigquery follows BIGQUERY_EMULATOR_HOST but still asks for credentials, which an
+            # emulator neither has nor checks (google-cloud-storage goes anonymous by itself in this case).
+            from google.api_core.client_options import ClientOptions
+            from google.auth.credentials import AnonymousCredentials
+            from google.cloud import bigquery
+
+            client = bigquery.Client(
+                project=self.bigquery.project,
+                location=self.bigquery.location,
+                credentials=AnonymousCredentials(),
+                client_options=ClientOptions(api_endpoint=emulator),
+            )
+            try:
+                yield BigQueryWarehouse(client, self.dataset, self.bigquery.location)
+            finally:
+                client.close()
+            return
+        with self.bigquery.get_client() as client:
+            yield BigQueryWarehouse(client, self.dataset, self.bigquery.location)
+
+    def kind(self) -> str:
+        return "bigquery"
+
+
+def landing_resource(settings: Settings) -> LandingResource:
+    """The landing resource ``PULL_EVENTS_LANDING`` names."""
+    location = settings.landing
+    if location.kind == "gcs":
+        return GcsLandingResource(bucket=location.bucket, prefix=location.prefix, gcs=GCSResource())
+    return LocalLandingResource(path=str(location.path))
+
+
+def warehouse_resource(settings: Settings) -> WarehouseResource:
+    """The warehouse resource ``PULL_EVENTS_WAREHOUSE`` names."""
+    location = settings.warehouse
+    if location.kind == "bigquery":
+        return BigQueryWarehouseResource(bigquery=BigQueryResource(project=location.project), dataset=location.dataset)
+    return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(location.path)))
+
+
+def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:
+    """Every resource the definitions need, keyed by the parameter names assets and sensors use."""
+    return {"landing": landing_resource(settings), "warehouse": warehouse_resource(settings)}

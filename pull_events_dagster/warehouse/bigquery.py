@@ -1,0 +1,674 @@
+"""The warehouse in BigQuery: load jobs from gs:// into a staging table, then set-based SQL.
+
+A load of a batch of landing objects is:
+
+1. ONE load job from the objects' gs:// URIs into a new per-run staging table with a single STRING
+   column. The job reads the NDJSON objects as CSV whose field delimiter is U+001F (a control
+   character, which JSON text can only carry escaped) and whose quote character is empty, so every line,
+   broken or not, arrives whole as one string; ``max_bad_records`` lets the rare row the reader cannot
+   take (a raw U+001F in a corrupt line) be skipped and counted instead of failing the batch. No line
+   passes through Python.
+2. One multi-statement query that parses and classifies every staged line (``SAFE.PARSE_JSON``,
+   ``JSON_VALUE``, ``SAFE_CAST``: the rules of the shared load semantics, first failing rule wins),
+   MERGEs valid pulls and other events into their tables on ``(event_source, event_id)`` with explicit
+   column lists, inserts rejected lines, then writes the ledger rows LAST.
+3. The staging table is dropped (it also expires by itself if the process dies first).
+
+Quota: BigQuery allows 1,500 load jobs per table per day. Every load job here writes a fresh staging
+table, never the pull table, and rows reach the pull table through DML (MERGE), which has no per-table
+daily quota. The only count that grows with traffic is load jobs per project (100,000 a day): one per
+batch of up to hundreds of objects, i.e. at one batch per 30-second sensor tick under 3,000 a day.
+
+Lineage: a load job does not say which file a row came from, so ``landing_object`` / ``landing_line``
+come from the line's own keys (the receiver writes them first on every line). For a line too broken to
+parse, they are read with a regular expression from its start; failing that, the object is known only
+when the batch holds one object, and ``landing_line`` is NULL. A row the load job itself could not read
+is known only by count: it is recorded as a ``rejected_events`` row with reason ``unreadable_line``,
+NULL line and raw text, and the object when the batch holds only one.
+
+Steps are idempotent rather than one transaction: a MERGE skips keys already present and the ledger
+comes last, so a crash anywhere means the objects are loaded again and nothing is duplicated (a rejected
+line without a line number is the exception: it has no identity to deduplicate on). A transaction would
+make concurrent runs abort each other: BigQuery fails the later of two transactions that change the same
+table. The derived-table refreshes do use transactions, so readers never see a day deleted but not yet
+re-inserted.
+
+Every workaround for a gap of the test emulator (bqemulator 1.4.0) is also plain, correct BigQuery; the
+list is in ``docs/bigquery.md``. In short: only ``object`` / ``array`` / ``null`` answers of ``JSON_TYPE``
+are used, scalars are typed by the text of ``TO_JSON_STRING(JSON_QUERY(...))``; timestamps are normalised
+with ``REGEXP_REPLACE`` and ``SAFE_CAST`` rather than ``PARSE_TIMESTAMP('%E*S')``; every STRUCT field is
+aliased; MERGE lists its columns; scripts take their values as ``DECLARE``d variables (the emulator ignores
+query parameters in scripts) and name their temporary tables uniquely (it keeps them after the script).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from google.api_core.retry import Retry
+from google.cloud import bigquery
+from google.cloud.bigquery import DEFAULT_RETRY
+from google.cloud.exceptions import NotFound
+
+from pull_events.landing import LandedObject, LandingStore
+from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse.schema import ACTOR, ENVELOPE, PULL_BODY, TABLES, Column
+
+STAGING_PREFIX = "_staging_load_"
+# U+001F (unit separator): valid JSON text can only hold it escaped, so it never splits a good line.
+FIELD_DELIMITER = "\x1f"
+MAX_SOURCE_URIS = 10_000  # BigQuery's limit of source URIs per load job
+
+# (partition column, clustering columns) per table; day partitions.
+LAYOUT: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    base.PULLS: ("event_time", ("repository", "event_source", "event_id")),
+    base.EVENTS: ("event_time", ("event_type",)),
+    base.DAILY_PULLS: ("day", ("repository",)),
+    # Not required by the semantics; they make the per-load ledger and rejection look-ups cheap.
+    base.REJECTED: (None, ("landing_object",)),
+    base.LOADED_OBJECTS: (None, ("landing_object",)),
+}
+
+# BigQuery's canonical civil DATETIME text; the same rule as the DuckDB warehouse's.
+CIVIL_DATETIME = r"^\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,6})?)?$"
+
+_SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def schema_field(column: Column) -> bigquery.SchemaField:
+    """The BigQuery field of one ``schema.py`` column (RECORDs recursively)."""
+    return bigquery.SchemaField(
+        column.name,
+        column.type,
+        mode=column.mode,
+        description=column.description or None,
+        fields=[schema_field(f) for f in column.fields],
+    )
+
+
+def table_schema(table: str) -> list[bigquery.SchemaField]:
+    """The BigQuery schema of one table of ``schema.py``."""
+    return [schema_field(c) for c in TABLES[table]]
+
+
+def sql_type(field: bigquery.SchemaField) -> str:
+    """A field's GoogleSQL type, e.g. ``ARRAY<STRUCT<tag STRING, image_pulls INT64>>``."""
+    if field.field_type in ("RECORD", "STRUCT"):
+        rendered = "STRUCT<" + ", ".join(f"{f.name} {sql_type(f)}" for f in field.fields) + ">"
+    else:
+        rendered = {"INTEGER": "INT64", "FLOAT": "FLOAT64", "BOOLEAN": "BOOL"}.get(field.field_type, field.field_type)
+    return f"ARRAY<{rendered}>" if field.mode == "REPEATED" else rendered
+
+
+def ident(name: str) -> str:
+    """A quoted identifier (``when`` is reserved, ``aws-arn`` has a hyphen)."""
+    return f"`{name}`"
+
+
+def json_path(keys: Iterable[str]) -> str:
+    """A JSONPath string literal; keys that are not plain identifiers are double-quoted."""
+    parts = "".join(f".{k}" if _SIMPLE_KEY.match(k) else f'."{k}"' for k in keys)
+    return f"'${parts}'"
+
+
+def json_type(json_expr: str, keys: Sequence[str]) -> str:
+    """``JSON_TYPE`` of a member, ``'null'`` when absent. Compared only with object / array / null."""
+    return f"IFNULL(JSON_TYPE(JSON_QUERY({json_expr}, {json_path(keys)})), 'null')"
+
+
+def json_text(json_expr: str, keys: Sequence[str]) -> str:
+    """A member as text: a scalar's value, an object's or array's JSON text, NULL when absent or null."""
+    path = json_path(keys)
+    query = f"JSON_QUERY({json_expr}, {path})"
+    return (
+        f"COALESCE(JSON_VALUE({json_expr}, {path}), "
+        f"IF(JSON_TYPE({query}) IN ('object', 'array'), TO_JSON_STRING({query}), NULL))"
+    )
+
+
+def timestamp_from_text(text_expr: str) -> str:
+    """An RFC 3339 text as TIMESTAMP (NULL when it is not one); nanoseconds are cut to microseconds."""
+    trimmed = (
+        rf"REGEXP_REPLACE({text_expr}, r'^(\d{{4}}-\d{{1,2}}-\d{{1,2}})[T ]"
+        rf"(\d{{1,2}}:\d{{1,2}}:\d{{1,2}}(?:\.\d{{1,6}})?)\d*', r'\1 \2')"
+    )
+    return rf"SAFE_CAST(REGEXP_REPLACE({trimmed}, r'Z$', '+00:00') AS TIMESTAMP)"
+
+
+def column_value(column: Column, json_expr: str, keys: Sequence[str]) -> str:
+    """SQL reading one schema column out of a JSON value at ``keys``, shaped like the column."""
+    if column.type == "RECORD" and column.mode == "REPEATED":
+        fields = ", ".join(f"{column_value(f, 'e', (f.name,))} AS {ident(f.name)}" for f in column.fields)
+        return (
+            f"ARRAY(SELECT STRUCT({fields}) FROM UNNEST(JSON_QUERY_ARRAY({json_expr}, {json_path(keys)})) AS e "
+            "WITH OFFSET AS i ORDER BY i)"
+        )
+    if column.type == "RECORD":
+        # Present and not null gives a STRUCT (of NULLs when it is not an object), as DuckDB's from_json does.
+        fields = ", ".join(f"{column_value(f, json_expr, (*keys, f.name))} AS {ident(f.name)}" for f in column.fields)
+        return f"IF({json_type(json_expr, keys)} != 'null', STRUCT({fields}), NULL)"
+    if column.type == "STRING":
+        return json_text(json_expr, keys)
+    if column.type == "JSON":
+        return f"JSON_QUERY({json_expr}, {json_path(keys)})"
+    if column.type == "TIMESTAMP":
+        return timestamp_from_text(json_text(json_expr, keys))
+    return f"SAFE_CAST(JSON_VALUE({json_expr}, {json_path(keys)}) AS {column.type})"
+
+
+def sql_literal(value: object) -> str:
+    """A GoogleSQL literal of a string, integer, timestamp, list of strings or NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, datetime):
+        return f'TIMESTAMP "{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}+00:00"'
+    if isinstance(value, str):
+        # Every escape JSON writes (quote, backslash, control characters as \uXXXX) means the same in GoogleSQL.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list | tuple):
+        return "ARRAY<STRING>[" + ", ".join(sql_literal(str(v)) for v in value) + "]"
+    raise TypeError(f"no SQL literal for {type(value).__name__}")
+
+
+def script_variables(**variables: tuple[str, object]) -> str:
+    """``DECLARE`` statements opening a script: bqemulator ignores query parameters in scripts."""
+    return "".join(
+        f"DECLARE {name} {kind} DEFAULT {sql_literal(value)};\n" for name, (kind, value) in variables.items()
+    )
+
+
+def _staging_name(run_id: str) -> str:
+    safe_run = re.sub(r"[^A-Za-z0-9_]", "_", run_id)[:64]
+    return f"{STAGING_PREFIX}{safe_run}_{uuid.uuid4().hex[:8]}"
+
+
+class BigQueryWarehouse(base.Warehouse):
+    """Tables in one BigQuery dataset, loaded from gs:// landing objects exactly once per (source, id).
+
+    ``client`` is a ``google.cloud.bigquery.Client`` (dagster-gcp's ``BigQueryResource.get_client()``
+    gives one); jobs run in ``location`` when given. ``retry`` governs API calls and waiting for jobs
+    (the client's default retries transient errors for up to 10 minutes).
+    """
+
+    def __init__(
+        self,
+        client: bigquery.Client,
+        dataset: str = base.DATASET,
+        location: str | None = None,
+        *,
+        max_bad_records: int = 1_000_000,
+        staging_ttl: timedelta = timedelta(hours=6),
+        retry: Retry = DEFAULT_RETRY,
+    ) -> None:
+        self.client = client
+        self.dataset = dataset
+        self.location = location
+        self.max_bad_records = max_bad_records
+        self.staging_ttl = staging_ttl
+        self.retry = retry
+        self._ensured = False
+
+    # -- plumbing ----------------------------------------------------------------------------------
+
+    def table_id(self, table: str) -> str:
+        """``project.dataset.table``."""
+        return f"{self.client.project}.{self.dataset}.{table}"
+
+    def _t(self, table: str) -> str:
+        return f"`{self.table_id(table)}`"
+
+    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[bigquery.Row]:
+        """Run one query or script with query parameters; returns its (last statement's) rows."""
+        config = bigquery.QueryJobConfig(query_parameters=list(parameters))
+        job = self.client.query(sql, job_config=config, location=self.location, retry=self.retry)
+        return list(job.result(retry=self.retry))
+
+    def _ready(self) -> None:
+        if not self._ensured:
+            self.ensure_tables()
+
+    # -- Warehouse ---------------------------------------------------------------------------------
+
+    def ensure_tables(self) -> None:
+        """Create the dataset and any missing table; two metadata calls when everything exists."""
+        dataset = bigquery.Dataset(f"{self.client.project}.{self.dataset}")
+        try:
+            self.client.get_dataset(dataset, retry=self.retry)
+            existing = {t.table_id for t in self.client.list_tables(dataset, retry=self.retry)}
+        except NotFound:
+            if self.location:
+                dataset.location = self.location
+            self.client.create_dataset(dataset, exists_ok=True, retry=self.retry)
+            existing = set()
+        for name in TABLES:
+            if name in existing:
+                continue
+            table = bigquery.Table(self.table_id(name), schema=table_schema(name))
+            partition, clustering = LAYOUT.get(name, (None, ()))
+            if partition:
+                table.time_partitioning = bigquery.TimePartitioning(
+                    type_=bigquery.TimePartitioningType.DAY, field=partition
+                )
+            if clustering:
+                table.clustering_fields = list(clustering)
+            self.client.create_table(table, exists_ok=True, retry=self.retry)
+        self._ensured = True
+
+    def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
+        if not keys:
+            return set()
+        self._ready()
+        done: set[str] = set()
+        unique = sorted(set(keys))
+        for start in range(0, len(unique), MAX_SOURCE_URIS):
+            rows = self.query(
+                f"SELECT DISTINCT landing_object FROM {self._t(base.LOADED_OBJECTS)} "
+                "WHERE landing_object IN UNNEST(@keys)",
+                [bigquery.ArrayQueryParameter("keys", "STRING", unique[start : start + MAX_SOURCE_URIS])],
+            )
+            done.update(row[0] for row in rows)
+        return done
+
+    def load_objects(self, store: LandingStore, objects: Sequence[LandedObject], run_id: str) -> base.LoadResult:
+        unique = sorted({o.key: o for o in objects}.values(), key=lambda o: o.key)
+        if not unique:
+            return base.LoadResult(0, 0, 0, 0, 0, 0, 0, [])
+        not_gcs = [o.uri for o in unique if not o.uri.startswith("gs://")]
+        if not_gcs:
+            raise ValueError(
+                f"BigQuery loads read landing objects from gs:// URIs; {not_gcs[0]!r} is not one "
+                "(set PULL_EVENTS_LANDING to gs://BUCKET[/PREFIX])"
+            )
+        self._ready()
+        done = self.loaded_object_keys([o.key for o in unique])
+        todo = [o for o in unique if o.key not in done]
+        if not todo:
+            return base.LoadResult(0, len(unique), 0, 0, 0, 0, 0, [])
+        staging = self.create_staging(run_id)
+        try:
+            bad_records = self.stage_objects(staging, todo)
+            totals = self.merge_staged(staging, todo, bad_records, run_id)
+        finally:
+            self.client.delete_table(staging, not_found_ok=True, retry=self.retry)
+        return base.LoadResult(
+            objects_loaded=len(todo),
+            objects_skipped=len(unique) - len(todo),
+            lines_read=totals["lines"],
+            pulls_inserted=totals["pulls"],
+            events_inserted=totals["events"],
+            duplicates_skipped=totals["duplicates"],
+            lines_rejected=totals["rejected"],
+            affected_days=list(totals["days"]),
+        )
+
+    # The three steps of a load; public so that two loads can be interleaved (tests) or driven separately.
+
+    def create_staging(self, run_id: str) -> bigquery.Table:
+        """A new staging table (one STRING column ``line``) that expires by itself if a run dies.
+
+        Its creation time is the lower bound of the load's ``loaded_at``, which lets the daily refresh
+        tell rows of a load still in flight (see ``refresh_daily_pulls``).
+        """
+        table = bigquery.Table(self.table_id(_staging_name(run_id)), schema=[bigquery.SchemaField("line", "STRING")])
+        table.expires = datetime.now(UTC) + self.staging_ttl
+        return self.client.create_table(table, retry=self.retry)
+
+    def stage_objects(self, staging: bigquery.Table, objects: Sequence[LandedObject]) -> int:
+        """Load every line of ``objects`` into ``staging`` (one load job per 10,000 objects); bad records."""
+        config = bigquery.LoadJobConfig(
+            source_format=bigquery.SourceFormat.CSV,
+            schema=[bigquery.SchemaField("line", "STRING")],
+            field_delimiter=FIELD_DELIMITER,
+            quote_character="",
+            skip_leading_rows=0,
+            allow_quoted_newlines=False,
+            allow_jagged_rows=False,
+            preserve_ascii_control_characters=True,  # keep a line's bytes as landed (tabs in JSON whitespace)
+            encoding="UTF-8",
+            max_bad_records=self.max_bad_records,
+            create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+            write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+        )
+        uris = [o.uri for o in objects]
+        bad_records = 0
+        for start in range(0, len(uris), MAX_SOURCE_URIS):
+            job = self.client.load_table_from_uri(
+                uris[start : start + MAX_SOURCE_URIS],
+                staging,
+                job_config=config,
+                location=self.location,
+                retry=self.retry,
+            )
+            job.result(retry=self.retry)
+            # The client has no accessor for statistics.load.badRecords: read it from the job resource.
+            bad_records += int(job._properties.get("statistics", {}).get("load", {}).get("badRecords", 0) or 0)
+        return bad_records
+
+    def merge_staged(
+        self, staging: bigquery.Table, objects: Sequence[LandedObject], bad_records: int, run_id: str
+    ) -> dict[str, Any]:
+        """Classify the staged lines and write pulls, events, rejections and then the ledger."""
+        keys = [o.key for o in objects]
+        latest = self.query(f"SELECT MAX(loaded_at) FROM {self._t(base.LOADED_OBJECTS)}")[0][0]
+        # Never before the staging table's creation (see create_staging), and after every earlier load
+        # even if a clock stepped back: the daily refresh's watermark relies on both.
+        loaded_at = staging.created
+        if latest is not None and latest >= loaded_at:
+            loaded_at = latest + timedelta(microseconds=1)
+        row = self.query(
+            script_variables(
+                v_keys=("ARRAY<STRING>", keys),
+                v_sole_key=("STRING", keys[0] if len(keys) == 1 else None),
+                v_bad_records=("INT64", bad_records),
+                v_loaded_at=("TIMESTAMP", loaded_at),
+                v_run_id=("STRING", run_id),
+            )
+            + self._merge_script(staging)
+        )[0]
+        return dict(row.items())
+
+    def _merge_script(self, staging: bigquery.Table) -> str:
+        staged = f"`{staging.project}.{staging.dataset_id}.{staging.table_id}`"
+        o = "o"
+        lines = f"lines_{uuid.uuid4().hex[:8]}"  # unique: bqemulator keeps a script's temp tables after it ends
+
+        def jt(*keys: str) -> str:
+            return json_type(o, keys)
+
+        def scalar_json(*keys: str) -> str:
+            return f"TO_JSON_STRING(JSON_QUERY({o}, {json_path(keys)}))"
+
+        def attribute_missing(name: str) -> str:
+            return f"NOT IFNULL(STARTS_WITH({scalar_json(name)}, '\"'), FALSE) OR JSON_VALUE({o}, '$.{name}') = ''"
+
+        when_text = json_text(o, ("data", "body", "when"))
+        status = ("data", "body", "error", "status")
+        # The receiver writes landing_object and landing_line first: a broken line usually still has them.
+        own_object = r'^\s*\{\s*"landing_object"\s*:\s*"([^"\\]*)"'
+        own_line = r'^\s*\{\s*"landing_object"\s*:\s*"[^"\\]*"\s*,\s*"landing_line"\s*:\s*([0-9]+)'
+
+        def merge(table: str, outcome: str, values: dict[str, str]) -> str:
+            sources = {
+                **{c.name: c.name for c in ENVELOPE},
+                **values,
+                **{c: c for c in ("landing_object", "landing_line", "received_at", "received_by")},
+                "loaded_at": "v_loaded_at",
+                "raw_event": o,
+            }
+            columns = [ident(c.name) for c in TABLES[table]]
+            select = ", ".join(f"{sources[c.name]} AS {ident(c.name)}" for c in TABLES[table])
+            return f"""
+MERGE {self._t(table)} T
+USING (SELECT {select} FROM {lines} WHERE outcome = '{outcome}') S
+ON T.event_source = S.event_source AND T.event_id = S.event_id
+WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
+  VALUES ({", ".join(f"S.{c}" for c in columns)});"""
+
+        pull_values = {
+            "repository": json_text(o, ("data", "body", "repository")),
+            "actor": column_value(ACTOR, o, ("data", "actor")),
+            "body": column_value(PULL_BODY, o, ("data", "body")),
+        }
+        event_values = {"data": f"JSON_QUERY({o}, '$.data')"}
+
+        return f"""
+CREATE TEMP TABLE {lines} AS
+WITH raw AS (
+  SELECT line, IF(JSON_TYPE(j) = 'object', j, NULL) AS o
+  FROM (SELECT line, SAFE.PARSE_JSON(line, wide_number_mode => 'round') AS j
+        FROM {staged} WHERE line IS NOT NULL AND TRIM(line, ' \\t\\r') != '')
+), parsed AS (
+  SELECT line, o,
+    JSON_VALUE(o, '$.id') AS event_id,
+    JSON_VALUE(o, '$.source') AS event_source,
+    JSON_VALUE(o, '$.type') AS event_type,
+    {json_text(o, ("subject",))} AS event_subject,
+    {timestamp_from_text(json_text(o, ("time",)))} AS event_time,
+    {json_text(o, ("group",))} AS event_group,
+    {timestamp_from_text(json_text(o, ("received_at",)))} AS received_at,
+    {json_text(o, ("received_by",))} AS received_by,
+    IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_object}'), JSON_VALUE(o, '$.landing_object')) AS own_object,
+    SAFE_CAST(IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_line}'), JSON_VALUE(o, '$.landing_line')) AS INT64)
+      AS own_line,
+    SAFE_CAST({when_text} AS DATETIME) AS body_when,
+    CASE
+      WHEN o IS NULL THEN 'invalid_json'
+      WHEN {attribute_missing("id")} THEN 'missing_attribute:id'
+      WHEN {attribute_missing("source")} THEN 'missing_attribute:source'
+      WHEN {attribute_missing("type")} THEN 'missing_attribute:type'
+      WHEN {jt("time")} != 'null' AND {timestamp_from_text(json_text(o, ("time",)))} IS NULL
+        THEN 'invalid_value:time'
+      WHEN JSON_VALUE(o, '$.type') != {sql_literal(base.PULL_TYPE)} THEN NULL
+      WHEN {jt("data")} != 'object' THEN 'wrong_type:data'
+      WHEN {jt("data", "body")} != 'object' THEN 'wrong_type:data.body'
+      WHEN {jt("data", "body", "repository")} = 'null' THEN 'missing_field:body.repository'
+      WHEN NOT IFNULL(REGEXP_CONTAINS({when_text}, r'{CIVIL_DATETIME}'), FALSE)
+        OR SAFE_CAST({when_text} AS DATETIME) IS NULL THEN 'invalid_value:body.when'
+      WHEN {jt(*status)} != 'null' AND NOT REGEXP_CONTAINS({scalar_json(*status)}, r'^-?[0-9]+$')
+        THEN 'wrong_type:body.error.status'
+      WHEN {jt("data", "actor")} NOT IN ('null', 'object') THEN 'wrong_type:actor'
+      WHEN {jt("data", "body", "policy_results")} NOT IN ('null', 'array') THEN 'wrong_type:body.policy_results'
+    END AS reason
+  FROM raw
+), placed AS (
+  SELECT *,
+    -- The object a line is counted for in the ledger: its own key when it names one of the batch.
+    CASE WHEN own_object IN UNNEST(v_keys) THEN own_object WHEN v_sole_key IS NOT NULL THEN v_sole_key END
+      AS object_key,
+    event_type = {sql_literal(base.PULL_TYPE)} AS is_pull
+  FROM parsed
+), ranked AS (
+  SELECT *,
+    COALESCE(own_object, object_key) AS landing_object,
+    own_line AS landing_line,
+    IF(reason IS NULL, ROW_NUMBER() OVER (
+      PARTITION BY reason IS NULL, is_pull, event_source, event_id
+      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), own_line), NULL) AS copy_number
+  FROM placed
+), existing AS (
+  SELECT DISTINCT TRUE AS is_pull, t.event_source, t.event_id
+  FROM {self._t(base.PULLS)} t
+  JOIN (SELECT DISTINCT event_source, event_id FROM ranked WHERE reason IS NULL AND is_pull) k
+    ON t.event_source = k.event_source AND t.event_id = k.event_id
+  UNION ALL
+  SELECT DISTINCT FALSE AS is_pull, t.event_source, t.event_id
+  FROM {self._t(base.EVENTS)} t
+  JOIN (SELECT DISTINCT event_source, event_id FROM ranked WHERE reason IS NULL AND NOT is_pull) k
+    ON t.event_source = k.event_source AND t.event_id = k.event_id
+)
+SELECT r.*,
+  CASE
+    WHEN r.reason IS NOT NULL THEN 'rejected'
+    WHEN r.copy_number > 1 OR e.event_id IS NOT NULL THEN 'duplicate'
+    WHEN r.is_pull THEN 'pull'
+    ELSE 'event'
+  END AS outcome
+FROM ranked r
+LEFT JOIN existing e
+  ON e.is_pull = r.is_pull AND e.event_source = r.event_source AND e.event_id = r.event_id;
+{merge(base.PULLS, "pull", pull_values)}
+{merge(base.EVENTS, "event", event_values)}
+
+INSERT INTO {self._t(base.REJECTED)} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
+SELECT landing_object, landing_line, reason, line, v_loaded_at, v_run_id FROM {lines} l
+WHERE outcome = 'rejected' AND NOT EXISTS (
+  SELECT 1 FROM {self._t(base.REJECTED)} r
+  WHERE r.landing_object = l.landing_object AND r.landing_line = l.landing_line)
+UNION ALL
+SELECT v_sole_key, NULL, 'unreadable_line', NULL, v_loaded_at, v_run_id FROM UNNEST(GENERATE_ARRAY(1, v_bad_records));
+
+-- The ledger last: an object counts as loaded only once all of its rows are in.
+INSERT INTO {self._t(base.LOADED_OBJECTS)}
+  (landing_object, lines, pulls_inserted, events_inserted, duplicates_skipped, lines_rejected, loaded_at, run_id)
+SELECT k, COUNT(l.outcome) + IF(k = v_sole_key, v_bad_records, 0),
+  COUNTIF(l.outcome = 'pull'), COUNTIF(l.outcome = 'event'), COUNTIF(l.outcome = 'duplicate'),
+  COUNTIF(l.outcome = 'rejected') + IF(k = v_sole_key, v_bad_records, 0), v_loaded_at, v_run_id
+FROM UNNEST(v_keys) AS k
+LEFT JOIN {lines} l ON l.object_key = k
+WHERE k NOT IN (SELECT landing_object FROM {self._t(base.LOADED_OBJECTS)} WHERE landing_object IN UNNEST(v_keys))
+GROUP BY k;
+
+SELECT COUNT(*) + v_bad_records AS lines,
+  COUNTIF(outcome = 'pull') AS pulls, COUNTIF(outcome = 'event') AS events,
+  COUNTIF(outcome = 'duplicate') AS duplicates, COUNTIF(outcome = 'rejected') + v_bad_records AS rejected,
+  ARRAY(SELECT DISTINCT DATE(body_when) AS day FROM {lines} WHERE outcome = 'pull' ORDER BY day) AS days
+FROM {lines};
+"""
+
+    def refresh_daily_pulls(self) -> base.RefreshResult:
+        """Recompute the days of pulls loaded since the watermark, then advance it.
+
+        The watermark is the latest ``loaded_at`` consumed. Loads can run concurrently in BigQuery, so
+        a load that started earlier may commit rows with a smaller ``loaded_at`` after a later one: rows
+        are only consumed up to a cut-off before the oldest load still in flight (every load's rows carry
+        a ``loaded_at`` no earlier than its staging table's creation, and the staging table lives until
+        the load is done), and before now. Rows past the cut-off are left for the next refresh.
+        """
+        self._ready()
+        now = self.query("SELECT CURRENT_TIMESTAMP()")[0][0]
+        cutoff = now
+        for table in self.client.list_tables(f"{self.client.project}.{self.dataset}", retry=self.retry):
+            if table.table_id.startswith(STAGING_PREFIX) and table.created and table.created > now - self.staging_ttl:
+                cutoff = min(cutoff, table.created - timedelta(microseconds=1))
+        state = self.query(
+            f"SELECT MAX(loaded_through) FROM {self._t(base.REFRESH_STATE)} WHERE table_name = @table",
+            [bigquery.ScalarQueryParameter("table", "STRING", base.DAILY_PULLS)],
+        )
+        mark = state[0][0] if state else None
+        pulls, daily = self._t(base.PULLS), self._t(base.DAILY_PULLS)
+        days = f"refresh_days_{uuid.uuid4().hex[:8]}"  # unique: bqemulator keeps a script's temp tables
+        consumed = "(v_mark IS NULL OR loaded_at > v_mark) AND loaded_at <= v_cutoff"
+        row = self.query(
+            script_variables(v_mark=("TIMESTAMP", mark), v_cutoff=("TIMESTAMP", cutoff))
+            + f"""
+CREATE TEMP TABLE {days} AS
+SELECT DISTINCT DATE(body.`when`) AS day FROM {pulls} WHERE {consumed} AND body.`when` IS NOT NULL;
+
+BEGIN TRANSACTION;
+DELETE FROM {daily} WHERE day IN (SELECT day FROM {days});
+INSERT INTO {daily} (day, repository, events, image_pulls, manifest_heads, blob_gets, errors,
+  unique_actors, unique_clients, computed_at)
+SELECT DATE(body.`when`) AS day, repository,
+  COUNT(*),
+  COUNTIF(body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL),
+  COUNTIF(body.method = 'HEAD' AND body.type = 'manifest'),
+  COUNTIF(body.method = 'GET' AND body.type = 'blob'),
+  COUNTIF(body.error IS NOT NULL),
+  COUNT(DISTINCT actor.subject),
+  COUNT(DISTINCT body.remote_address),
+  CURRENT_TIMESTAMP()
+FROM {pulls}
+WHERE DATE(body.`when`) IN (SELECT day FROM {days})
+GROUP BY day, repository;
+MERGE {self._t(base.REFRESH_STATE)} T
+USING (SELECT * FROM (SELECT {sql_literal(base.DAILY_PULLS)} AS table_name, MAX(loaded_at) AS through
+                      FROM {pulls} WHERE {consumed})
+       WHERE through IS NOT NULL) S
+ON T.table_name = S.table_name
+WHEN MATCHED THEN UPDATE SET loaded_through = S.through, refreshed_at = CURRENT_TIMESTAMP()
+WHEN NOT MATCHED THEN INSERT (table_name, loaded_through, refreshed_at)
+  VALUES (S.table_name, S.through, CURRENT_TIMESTAMP());
+COMMIT TRANSACTION;
+
+SELECT ARRAY(SELECT day FROM {days} ORDER BY day) AS days,
+  (SELECT COUNT(*) FROM {daily} WHERE day IN (SELECT day FROM {days})) AS written,
+  (SELECT COUNT(*) FROM {daily}) AS table_rows;
+"""
+        )[0]
+        return base.RefreshResult(
+            days_recomputed=list(row["days"]), rows_written=row["written"], table_rows=row["table_rows"]
+        )
+
+    def refresh_repository_summary(self) -> base.RefreshResult:
+        self._ready()
+        summary = self._t(base.REPOSITORY_SUMMARY)
+        row = self.query(
+            f"""
+BEGIN TRANSACTION;
+DELETE FROM {summary} WHERE TRUE;
+INSERT INTO {summary} (repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients,
+  first_seen, last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags, computed_at)
+WITH p AS (
+  SELECT repository, body.`when` AS seen, body.tag AS tag, body.error IS NOT NULL AS failed,
+    body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL AS image_pull,
+    actor.subject AS actor, body.remote_address AS client
+  FROM {self._t(base.PULLS)}
+), latest AS (
+  SELECT MAX(seen) AS latest FROM p
+), tag_pulls AS (
+  SELECT repository, tag, COUNT(*) AS image_pulls FROM p WHERE image_pull AND tag IS NOT NULL GROUP BY repository, tag
+), top AS (
+  SELECT repository,
+    ARRAY_AGG(STRUCT(tag AS tag, image_pulls AS image_pulls) ORDER BY image_pulls DESC, tag ASC LIMIT 5) AS top_tags
+  FROM tag_pulls GROUP BY repository
+)
+SELECT p.repository, COUNT(*), COUNTIF(image_pull), COUNTIF(failed), COUNTIF(failed) / COUNT(*),
+  COUNT(DISTINCT actor), COUNT(DISTINCT client), MIN(seen), MAX(seen),
+  COUNTIF(image_pull AND seen > DATETIME_SUB(latest.latest, INTERVAL 7 DAY)),
+  COUNTIF(image_pull AND seen > DATETIME_SUB(latest.latest, INTERVAL 30 DAY)),
+  IFNULL(ANY_VALUE(top.top_tags), []), CURRENT_TIMESTAMP()
+FROM p CROSS JOIN latest LEFT JOIN top ON top.repository = p.repository
+GROUP BY p.repository;
+COMMIT TRANSACTION;
+SELECT COUNT(*) AS table_rows FROM {summary};
+"""
+        )[0]
+        return base.RefreshResult(days_recomputed=[], rows_written=row["table_rows"], table_rows=row["table_rows"])
+
+    def check_figures(self) -> base.CheckFigures:
+        self._ready()
+        pulls, events, ledger = self._t(base.PULLS), self._t(base.EVENTS), self._t(base.LOADED_OBJECTS)
+        row = self.query(
+            f"""
+SELECT
+  (SELECT COUNT(*) FROM (SELECT 1 FROM {pulls} GROUP BY event_source, event_id HAVING COUNT(*) > 1))
+  + (SELECT COUNT(*) FROM (SELECT 1 FROM {events} GROUP BY event_source, event_id HAVING COUNT(*) > 1))
+    AS duplicate_keys,
+  (SELECT COUNT(*) FROM {pulls} WHERE event_id IS NULL OR event_source IS NULL
+    OR body.repository IS NULL OR body.`when` IS NULL) AS missing_required,
+  IFNULL(SUM(lines), 0) AS landed,
+  IFNULL(SUM(pulls_inserted + events_inserted + duplicates_skipped + lines_rejected), 0) AS accounted,
+  IFNULL(SUM(lines_rejected), 0) AS rejected
+FROM {ledger}
+"""
+        )[0]
+        return base.CheckFigures(
+            duplicate_keys=row["duplicate_keys"],
+            missing_required=row["missing_required"],
+            landed_lines=row["landed"],
+            accounted_lines=row["accounted"],
+            rejected_lines=row["rejected"],
+            total_lines=row["landed"],
+        )
+
+    def row_count(self, table: str) -> int:
+        self._ready()
+        return int(self.query(f"SELECT COUNT(*) FROM {self._t(table)}")[0][0])
+
+    def column_schema(self, table: str) -> list[tuple[str, str]]:
+        self._ready()
+        return [(f.name, sql_type(f)) for f in self.client.get_table(self.table_id(table), retry=self.retry).schema]
+
+    def drop_all(self) -> None:
+        """Drop every table of the dataset, staging tables of dead runs included; the dataset stays."""
+        dataset = f"{self.client.project}.{self.dataset}"
+        try:
+            leftovers = [
+                t.table_id
+                for t in self.client.list_tables(dataset, retry=self.retry)
+                if t.table_id.startswith(STAGING_PREFIX)
+            ]
+        except NotFound:
+            leftovers = []
+        for table in (*TABLES, *leftovers):
+            self.client.delete_table(self.table_id(table), not_found_ok=True, retry=self.retry)
+        self._ensured = False

@@ -1,0 +1,117 @@
+"""The code location and the instance configuration load, validate, and say what they promise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from pull_events_dagster.defs import build_definitions
+from pull_events_dagster.defs.assets import (
+    DAILY_PULLS_KEY,
+    EVENTS_KEY,
+    PULLS_KEY,
+    REJECTED_KEY,
+    SUMMARY_KEY,
+    WAREHOUSE_POOL,
+)
+from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
+from pull_events_dagster.defs.resources import (
+    BigQueryWarehouseResource,
+    DuckDBWarehouseResource,
+    GcsLandingResource,
+    LocalLandingResource,
+)
+from pull_events_dagster.defs.sensors import AUTOMATION_SENSOR, LANDING_SENSOR
+from tests.pipeline.conftest import pipeline_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL_KEYS = {PULLS_KEY, EVENTS_KEY, REJECTED_KEY, DAILY_PULLS_KEY, SUMMARY_KEY}
+
+
+def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: dg.Definitions, settings) -> None:
+    dg.Definitions.validate_loadable(defs)
+    assert isinstance(defs.resources["landing"], LocalLandingResource)
+    assert isinstance(defs.resources["warehouse"], DuckDBWarehouseResource)
+    graph = defs.resolve_asset_graph()
+    assert set(graph.get_all_asset_keys()) == ALL_KEYS
+    assert {node.key: node.kinds for node in graph.asset_nodes} == {key: {"duckdb"} for key in ALL_KEYS}
+    # Every warehouse step (the four in the rebuild job: loader, checks, two derived tables) is in the one
+    # pool dagster.yaml limits to a single run.
+    rebuild = defs.resolve_job_def(REBUILD_JOB)
+    assert len(rebuild.graph.node_defs) == 4
+    assert {node.pool for node in rebuild.graph.node_defs} == {WAREHOUSE_POOL}
+    pulls = graph.get(PULLS_KEY)
+    assert pulls.freshness_policy == dg.FreshnessPolicy.time_window(
+        fail_window=timedelta(minutes=settings.pipeline.freshness_minutes)
+    )
+    for key in (DAILY_PULLS_KEY, SUMMARY_KEY):
+        assert graph.get(key).automation_condition == dg.AutomationCondition.eager()
+        assert graph.get(key).parent_keys == {PULLS_KEY}
+    load = defs.resolve_job_def(LOAD_JOB)
+    assert {n.name for n in load.graph.node_defs} == {"load_landing_objects", "warehouse_checks"}
+
+
+def test_sensors_start_running_without_a_click(defs: dg.Definitions) -> None:
+    for name in (LANDING_SENSOR, AUTOMATION_SENSOR):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_the_same_definitions_serve_a_bucket_and_bigquery() -> None:
+    settings = pipeline_settings("gs://landing-bucket/events", "bigquery://my-project/cloudevents_pull_event_recorder")
+    defs = build_definitions(settings)
+    dg.Definitions.validate_loadable(defs)
+    landing, warehouse = defs.resources["landing"], defs.resources["warehouse"]
+    assert isinstance(landing, GcsLandingResource)
+    assert (landing.bucket, landing.prefix, landing.describe()) == (
+        "landing-bucket",
+        "events",
+        "gs://landing-bucket/events",
+    )
+    assert isinstance(warehouse, BigQueryWarehouseResource)
+    assert (warehouse.bigquery.project, warehouse.dataset) == ("my-project", "cloudevents_pull_event_recorder")
+    kinds = {node.kinds.pop() for node in defs.resolve_asset_graph().asset_nodes}
+    assert kinds == {"bigquery"}
+
+
+def test_workspace_yaml_loads_the_code_location(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "PULL_EVENTS_AUTH": "off",
+        "PULL_EVENTS_LANDING": str(tmp_path / "landing"),
+        "PULL_EVENTS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+    }
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    result = subprocess.run(
+        [Path(sys.executable).parent / "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "pull_events" in result.stdout + result.stderr
+
+
+def test_the_instance_lives_in_dagster_home_and_runs_one_warehouse_run_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(ROOT / "dagster.yaml", tmp_path / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.pool_config.pool_granularity.value == "run"
+        assert concurrency.pool_config.default_pool_limit == 1
+        assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
+        assert instance.auto_materialize_use_sensors
+        assert instance.run_monitoring_enabled
+        assert type(instance.run_storage).__name__ == "SqliteRunStorage"
+    assert (tmp_path / "history" / "runs.db").exists()
