@@ -177,14 +177,21 @@ class LocalLandingStore(LandingStore):
         base = self.root / type_dir
         if not base.is_dir():
             return
-        start_partition = start_key.split("/", 2)[1] if start_key.count("/") >= 1 else ""
+        start_partition, _, start_name = start_key[len(type_dir) + 1 :].partition("/")
         for partition in sorted(p.name for p in base.iterdir() if p.name.startswith("dt=")):
             if partition < start_partition:
                 continue
-            for entry in sorted(os.scandir(base / partition), key=lambda e: e.name):
-                key = f"{type_dir}/{partition}/{entry.name}"
-                if entry.name.endswith(OBJECT_SUFFIX) and not entry.name.startswith(".") and key >= start_key:
-                    yield LandedObject(key=key, size=entry.stat().st_size, uri=entry.path)
+            folder = base / partition
+            # Filter by name before sorting or stat-ing: the window is usually a small tail of the day.
+            floor = start_name if partition == start_partition else ""
+            names = sorted(
+                name
+                for name in os.listdir(folder)
+                if name >= floor and name.endswith(OBJECT_SUFFIX) and not name.startswith(".")
+            )
+            for name in names:
+                path = folder / name
+                yield LandedObject(key=f"{type_dir}/{partition}/{name}", size=path.stat().st_size, uri=str(path))
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
