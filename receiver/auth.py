@@ -15,6 +15,7 @@ rather than lost; an issuer that cannot be reached is also 503.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -27,7 +28,7 @@ from typing import Any
 
 import jwt
 
-from receiver.errors import MissingToken, TokenRejected, Unavailable
+from receiver.errors import MissingToken, Rejection, TokenRejected, Unavailable
 from receiver.logs import get_logger
 
 AUDIENCE = "customer"
@@ -68,14 +69,18 @@ class ChainguardVerifier:
         """Return the token's claims, or raise ``MissingToken`` (401), ``TokenRejected`` (403) or
         ``Unavailable`` (503)."""
         token = bearer_token(authorization)
-        header = _unverified_header(token)
-        algorithm = header.get("alg")
-        if algorithm != ALGORITHM:
-            raise TokenRejected(f"token algorithm {algorithm!r} is not allowed: only {ALGORITHM}")
-        kid = header.get("kid")
-        if kid is not None and not isinstance(kid, str):
-            raise TokenRejected("token header 'kid' is not a string")
-        claims = self._verified_claims(token, kid)
+        # PyJWT parses and checks the whole token once, in decode (its parse is most of the cost of a
+        # check). The key is chosen from a quick read of the header alone, so a valid token is parsed once.
+        header = _peek_header(token)
+        if header is None:
+            header = _unverified_header(token)
+        try:
+            claims = self._verified_claims(token, header)
+        except Rejection:
+            # A malformed token is refused as malformed, whatever check failed first, as when the
+            # header was read with PyJWT before anything else.
+            _unverified_header(token)
+            raise
         if claims.get("sub") != self.subject:
             raise TokenRejected(f"token subject {claims.get('sub')!r} is not {self.subject!r}")
         webhook = claims.get("webhook")
@@ -87,8 +92,17 @@ class ChainguardVerifier:
             raise TokenRejected("token webhook.digest does not match the sha256 of the request body")
         return claims
 
-    def _verified_claims(self, token: str, kid: str | None) -> dict[str, Any]:
-        keys = self._keys or self._refresh(None)
+    def _verified_claims(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+        algorithm = header.get("alg")
+        if algorithm != ALGORITHM:
+            raise TokenRejected(f"token algorithm {algorithm!r} is not allowed: only {ALGORITHM}")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise TokenRejected("token header 'kid' is not a string")
+        keys = self._keys
+        if keys is None:
+            _unverified_header(token)  # before any fetch: a malformed token never makes the verifier fetch keys
+            keys = self._refresh(None)
         for attempt in range(2):
             candidates = [key for key in keys.keys if kid is None or key.key_id == kid]
             for key in candidates:
@@ -107,6 +121,7 @@ class ChainguardVerifier:
                 except jwt.PyJWTError as exc:
                     raise TokenRejected(_describe(exc)) from None
             if attempt == 0:
+                _unverified_header(token)  # as above
                 refreshed = self._refresh(keys)
                 if refreshed is keys:
                     if kid is not None and not candidates:
@@ -187,7 +202,22 @@ def bearer_token(authorization: str | None) -> str:
     return match.group(1)
 
 
+def _peek_header(token: str) -> dict[str, Any] | None:
+    """The token's header read with the standard library, or ``None`` if that fails.
+
+    Only picks the key and refuses a wrong ``alg`` early: PyJWT checks the token's form in full when it
+    verifies it (and ``_unverified_header`` explains a malformed one).
+    """
+    segment = token.partition(".")[0]
+    try:
+        header = json.loads(base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)))
+    except (ValueError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
 def _unverified_header(token: str) -> dict[str, Any]:
+    """The token's header as PyJWT reads it, or ``TokenRejected`` (403) if the token is malformed."""
     try:
         return jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:

@@ -1,9 +1,9 @@
 """Group commit: many concurrent requests, one durable object per event type per batch.
 
-Request threads call ``submit`` with an encoded record and block on a per-item future. One committer
+Request threads call ``submit`` with an encoded record and block until their item is resolved. One committer
 thread gathers what is queued (at most ``max_events`` / ``max_bytes``; it waits at most ``max_wait``
 after the oldest item arrived, and not at all once a batch is full or while shutting down), writes one
-create-only object per event type with ``LandingStore.write_new``, and only then resolves the futures.
+create-only object per event type with ``LandingStore.write_new``, and only then resolves the items.
 So an acknowledgement always means the object is durable, and a burst of thousands of events becomes
 a handful of objects while a lone event waits only ``max_wait``.
 
@@ -25,8 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from pull_events.landing import LandingStore, LandingUnavailable, object_key, utc_now
@@ -75,13 +74,47 @@ class Landed:
     line: int
 
 
-@dataclass
+# An item's state, changed under the batcher's lock: queued until the committer takes it or its request
+# withdraws it (commit timeout), whichever comes first.
+_QUEUED, _TAKEN, _WITHDRAWN = 0, 1, 2
+
+
 class _Item:
-    event_type: str
-    record: bytes
-    size: int
-    enqueued: float
-    future: Future = field(default_factory=Future)
+    """One record waiting for its commit, and the request thread waiting for the outcome.
+
+    A plain lock, held from the start and released once the outcome is set, is the cheapest thing a
+    thread can block on with a timeout (a ``concurrent.futures.Future`` costs several times more).
+    """
+
+    __slots__ = ("_unresolved", "enqueued", "event_type", "outcome", "record", "size", "state")
+
+    def __init__(self, event_type: str, record: bytes) -> None:
+        self.event_type = event_type
+        self.record = record
+        self.size = len(record) + _LINE_OVERHEAD
+        self.enqueued = time.monotonic()
+        self.state = _QUEUED
+        self.outcome: Landed | Unavailable | None = None
+        self._unresolved = threading.Lock()
+        self._unresolved.acquire()
+
+    def resolve(self, outcome: Landed | Unavailable) -> None:
+        """Hand the outcome to the waiting request (once: later calls are ignored)."""
+        if self.outcome is None:
+            self.outcome = outcome
+            self._unresolved.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Whether the item was resolved within ``timeout`` seconds (0: just look)."""
+        return self._unresolved.acquire(timeout > 0, timeout if timeout > 0 else -1)
+
+    def result(self) -> Landed:
+        """The outcome of a resolved item: where it landed, or the refusal raised."""
+        outcome = self.outcome
+        if isinstance(outcome, Landed):
+            return outcome
+        assert outcome is not None
+        raise outcome
 
 
 class Batcher:
@@ -129,7 +162,7 @@ class Batcher:
         Raises ``Overloaded``, ``ShuttingDown``, ``CommitTimedOut`` or ``CommitFailed`` (all 503s);
         on any of them the event is not acknowledged.
         """
-        item = _Item(event_type, record, len(record) + _LINE_OVERHEAD, time.monotonic())
+        item = _Item(event_type, record)
         with self._cond:
             if self._closing:
                 raise ShuttingDown()
@@ -143,19 +176,15 @@ class Batcher:
             # Wake the committer only when it has something new to decide on.
             if len(self._queue) == 1 or len(self._queue) >= self.max_events or self._pending_bytes >= self.max_bytes:
                 self._cond.notify()
-        try:
-            return item.future.result(timeout=self.commit_timeout)
-        except TimeoutError:
-            if item.future.cancel():
-                raise CommitTimedOut(
-                    f"not committed within {self.commit_timeout:g}s; withdrawn, so it will not land"
-                ) from None
-            try:
-                return item.future.result(timeout=0)  # finished just now
-            except TimeoutError:
-                raise CommitTimedOut(
-                    f"not committed within {self.commit_timeout:g}s (the write is still in progress)"
-                ) from None
+        if item.wait(self.commit_timeout):
+            return item.result()
+        with self._cond:
+            if item.state == _QUEUED:
+                item.state = _WITHDRAWN  # the committer skips it
+                raise CommitTimedOut(f"not committed within {self.commit_timeout:g}s; withdrawn, so it will not land")
+        if item.wait(0):  # finished just now
+            return item.result()
+        raise CommitTimedOut(f"not committed within {self.commit_timeout:g}s (the write is still in progress)")
 
     def close(self, timeout: float | None = None) -> None:
         """Take no new events, commit everything queued, and stop the committer."""
@@ -189,11 +218,10 @@ class Batcher:
             if batch:
                 try:
                     self._commit(batch)
-                except Exception as exc:  # never let the committer die with futures unresolved
+                except Exception as exc:  # never let the committer die with requests left waiting
                     log.exception("commit crashed", extra={"fields": {"events": len(batch)}})
                     for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(CommitFailed(f"commit failed: {exc}"))
+                        item.resolve(CommitFailed(f"commit failed: {exc}"))
 
     def _next_batch(self) -> list[_Item] | None:
         """The next items to commit, ``[]`` if all were withdrawn, ``None`` once closed and empty."""
@@ -218,8 +246,8 @@ class Batcher:
                     break
                 self._queue.popleft()
                 self._pending_bytes -= item.size
-                # False when the waiting request gave up and withdrew the item.
-                if item.future.set_running_or_notify_cancel():
+                if item.state == _QUEUED:  # else its request gave up and withdrew it
+                    item.state = _TAKEN
                     batch.append(item)
                     size += item.size
             return batch
@@ -247,7 +275,7 @@ class Batcher:
                 extra={"fields": {"object": key, "events": len(items), "problem": reason}},
             )
             for item in items:
-                item.future.set_exception(CommitFailed(f"the landing zone could not store the event: {reason}"))
+                item.resolve(CommitFailed(f"the landing zone could not store the event: {reason}"))
             return
         elapsed = time.perf_counter() - started
         self.metrics.commit_seconds.observe(elapsed)
@@ -258,4 +286,4 @@ class Batcher:
             extra={"fields": {"object": key, "events": len(items), "bytes": len(data), "seconds": round(elapsed, 6)}},
         )
         for line, item in enumerate(items, 1):
-            item.future.set_result(Landed(key, line))
+            item.resolve(Landed(key, line))

@@ -36,6 +36,7 @@ _FORMAT = JSONFormat()
 # Raw U+0085/U+2028/U+2029 are legal inside JSON strings but are line breaks to str.splitlines():
 # escaping them keeps one record on one line for any reader, and changes no value.
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+_WSGI_CONTENT_HEADERS = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"))
 _SDK_ERRORS = (BaseCloudEventException, ValueError, TypeError, KeyError, AttributeError, OverflowError)
 
 
@@ -60,14 +61,28 @@ class ReceivedEvent:
         return self.attributes["source"]
 
 
+def request_headers(environ: Mapping[str, Any]) -> dict[str, str]:
+    """The request headers of a WSGI ``environ`` by lower-case name, as werkzeug's ``EnvironHeaders``
+    reads them (``Ce-Id`` -> ``ce-id``), in one pass and without werkzeug's title-casing."""
+    headers = {
+        name[5:].replace("_", "-").lower(): value
+        for name, value in environ.items()
+        if name.startswith("HTTP_") and name not in _WSGI_CONTENT_HEADERS
+    }
+    for name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if value := environ.get(name):
+            headers[name.replace("_", "-").lower()] = value
+    return headers
+
+
 def parse_event(headers: Mapping[str, str], body: bytes) -> ReceivedEvent:
-    """Parse one CloudEvents 1.0 HTTP request (binary or structured JSON mode).
+    """Parse one CloudEvents 1.0 HTTP request (binary or structured JSON mode); ``headers`` by
+    lower-case name (``request_headers``).
 
     Raises ``UnsupportedContent`` (415) for batches, non-JSON structured formats and non-JSON data in
     binary mode, and ``BadEvent`` (400) for anything that is not a valid CloudEvent with JSON data.
     """
-    fields = {name.lower(): value for name, value in headers.items()}
-    content_type = fields.get("content-type", "").strip()
+    content_type = headers.get("content-type", "").strip()
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type == BATCH_MEDIA_TYPE:
         raise UnsupportedContent(
@@ -79,16 +94,16 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> ReceivedEvent:
                 "unsupported_format", f"structured format {media_type!r} is not supported: use {STRUCTURED_MEDIA_TYPE}"
             )
         return _parse_structured(body)
-    return _parse_binary(fields, content_type, body)
+    return _parse_binary(headers, content_type, body)
 
 
-def _parse_binary(fields: dict[str, str], content_type: str, body: bytes) -> ReceivedEvent:
+def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) -> ReceivedEvent:
     if content_type and not _FORMAT.JSON_CONTENT_TYPE_PATTERN.match(content_type):
         raise UnsupportedContent(
             "unsupported_media_type",
             f"Content-Type {content_type!r} is not supported: event data must be JSON (application/json)",
         )
-    ce_headers = {name: _header_text(value) for name, value in fields.items() if name.startswith(_CE_PREFIX)}
+    ce_headers = {name: _header_text(value) for name, value in headers.items() if name.startswith(_CE_PREFIX)}
     if not ce_headers:
         raise BadEvent(
             "not_a_cloudevent",
@@ -96,17 +111,17 @@ def _parse_binary(fields: dict[str, str], content_type: str, body: bytes) -> Rec
         )
     sent = {name[len(_CE_PREFIX) :] for name in ce_headers}
     _require_attributes(sent)
-    message_headers = dict(ce_headers)
+    time_header = ce_headers.get("ce-time")
     if content_type:
-        message_headers["content-type"] = content_type
+        ce_headers["content-type"] = content_type  # last, so it wins over a Ce-Datacontenttype header
     try:
         # Data is parsed strictly below; the SDK gets no body so it cannot fall back to a string.
-        event = from_binary(HTTPMessage(headers=message_headers, body=b""), _FORMAT, CloudEvent)
+        event = from_binary(HTTPMessage(headers=ce_headers, body=b""), _FORMAT, CloudEvent)
     except _SDK_ERRORS as exc:
         raise BadEvent("invalid_attribute", str(exc)) from None
     attributes = {name: value for name, value in event.get_attributes().items() if name in sent}
-    if "time" in attributes:
-        attributes["time"] = unquote(ce_headers["ce-time"])
+    if time_header is not None:
+        attributes["time"] = unquote(time_header)
     if content_type:
         attributes["datacontenttype"] = content_type
     data = _json_line(body) if body else None
@@ -132,16 +147,16 @@ def encode_record(event: ReceivedEvent, received_at: datetime, received_by: str,
     parts = [_dumps(event.attributes)[:-1]]
     if event.data is not None:
         parts += [b',"data":', event.data]
-    receipt = {
-        "received_at": received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "received_by": received_by,
-        "body_sha256": body_sha256,
-    }
-    parts += [b",", _dumps(receipt)[1:]]
+    stamp = received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    parts.append(
+        b',"received_at":"%s","received_by":%s,"body_sha256":%s}'
+        % (stamp.encode(), _dumps(received_by), _dumps(body_sha256))
+    )
     record = b"".join(parts)
-    for raw, escaped in _LINE_BREAKS:
-        if raw in record:
-            record = record.replace(raw, escaped)
+    if not record.isascii():  # the line breaks below are all non-ASCII
+        for raw, escaped in _LINE_BREAKS:
+            if raw in record:
+                record = record.replace(raw, escaped)
     return record
 
 
@@ -165,7 +180,9 @@ def _strict_json(raw: bytes, what: str) -> Any:
     except UnicodeDecodeError as exc:
         raise BadEvent("invalid_json", f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        return _STRICT_DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise BadEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
 
@@ -174,16 +191,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
 
+# Built once: json.loads and json.dumps build a new decoder or encoder on every call given options.
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"))
+
+
 def _dumps(value: Any) -> bytes:
     try:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (legal as a JSON escape) cannot be UTF-8: keep it escaped.
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _COMPACT_ASCII.encode(value).encode("ascii")
 
 
 def _header_text(value: str) -> str:
     """WSGI hands headers over as latin-1; a sender that put raw UTF-8 in a header meant UTF-8."""
+    if value.isascii():
+        return value  # the same in both
     try:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):

@@ -27,11 +27,12 @@ class Intake:
     instance: str
 
     def receive(self, headers: Mapping[str, str], body: bytes) -> tuple[ReceivedEvent, Landed]:
-        """Check and land one delivery; raises a ``Rejection`` naming the first failed check."""
+        """Check and land one delivery (``headers`` by lower-case name, see ``events.request_headers``);
+        raises a ``Rejection`` naming the first failed check."""
         received_at = utc_now()
         event = parse_event(headers, body)
         if self.verifier is not None:
-            self.verifier.verify(headers.get("Authorization"), body)
+            self.verifier.verify(headers.get("authorization"), body)
         body_sha256 = "sha256:" + hashlib.sha256(body).hexdigest()
         record = encode_record(event, received_at, self.instance, body_sha256)
         return event, self.batcher.submit(event.type, record)

@@ -63,6 +63,9 @@ class ReceiverMetrics:
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Events waiting to be committed", registry=self.registry)
         self._types: set[str] = set()
         self._types_lock = threading.Lock()
+        # Labelled children, looked up once: .labels() validates and locks on every call.
+        self._accepted_children: dict[str, Counter] = {}
+        self._rejected_children: dict[tuple[str, int], Counter] = {}
 
     def track_queue_depth(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from ``depth`` at each scrape."""
@@ -77,6 +80,21 @@ class ReceiverMetrics:
                 self._types.add(event_type)
                 return event_type
         return OTHER_TYPE
+
+    def count_accepted(self, event_type: str) -> None:
+        """Count one landed event of ``event_type`` (labelled through ``type_label``)."""
+        label = self.type_label(event_type)
+        child = self._accepted_children.get(label)
+        if child is None:
+            child = self._accepted_children[label] = self.accepted.labels(label)
+        child.inc()
+
+    def count_rejected(self, reason: str, status: int) -> None:
+        """Count one refused request (``reason`` is the error code, from a fixed set)."""
+        child = self._rejected_children.get((reason, status))
+        if child is None:
+            child = self._rejected_children[reason, status] = self.rejected.labels(reason, str(status))
+        child.inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""

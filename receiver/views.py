@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -11,12 +12,15 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from pull_events.landing import LandingStore, LandingUnavailable
 from receiver.batcher import Batcher
 from receiver.errors import Rejection, error_response
+from receiver.events import request_headers
 from receiver.intake import Intake
 from receiver.logs import get_logger
 from receiver.metrics import ReceiverMetrics
 
 EXTENSION = "pull_events_receiver"
 bp = Blueprint("receiver", __name__)
+# The acknowledgement as jsonify writes it (sorted keys, compact, ASCII), without its per-call set-up.
+_ACK_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
 log = get_logger("http")
 
 
@@ -37,14 +41,14 @@ def receiver_state(app: Flask | None = None) -> ReceiverState:
 
 
 @bp.post("/")
-def receive() -> Response | tuple[Response, int]:
+def receive() -> Response:
     state = receiver_state()
     started = time.perf_counter()
     try:
         body = read_body(state.max_body_bytes)
-        event, landed = state.intake.receive(request.headers, body)
+        event, landed = state.intake.receive(request_headers(request.environ), body)
     except Rejection as rejection:
-        state.metrics.rejected.labels(rejection.error, str(rejection.status)).inc()
+        state.metrics.count_rejected(rejection.error, rejection.status)
         log.warning(
             "refused a delivery",
             extra={
@@ -59,10 +63,16 @@ def receive() -> Response | tuple[Response, int]:
         return rejection.response()
     finally:
         state.metrics.request_seconds.observe(time.perf_counter() - started)
-    state.metrics.accepted.labels(state.metrics.type_label(event.type)).inc()
-    return jsonify(
-        status="landed", id=event.id, source=event.source, type=event.type, object=landed.key, line=landed.line
-    ), 202
+    state.metrics.count_accepted(event.type)
+    acknowledgement = {
+        "status": "landed",
+        "id": event.id,
+        "source": event.source,
+        "type": event.type,
+        "object": landed.key,
+        "line": landed.line,
+    }
+    return Response(_ACK_JSON.encode(acknowledgement) + "\n", status=202, mimetype="application/json")
 
 
 def read_body(limit: int) -> bytes:
