@@ -8,12 +8,11 @@ is handed to the batcher, so a refused request lands nothing.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pull_events.landing import utc_now
-from receiver.auth import ChainguardVerifier
+from receiver.auth import ChainguardVerifier, body_digest
 from receiver.batcher import Batcher, Landed
 from receiver.events import ReceivedEvent, encode_record, parse_event
 
@@ -31,8 +30,9 @@ class Intake:
         raises a ``Rejection`` naming the first failed check."""
         received_at = utc_now()
         event = parse_event(headers, body)
+        # Computed once: the token must sign it, and the record keeps it.
+        body_sha256 = body_digest(body)
         if self.verifier is not None:
-            self.verifier.verify(headers.get("authorization"), body)
-        body_sha256 = "sha256:" + hashlib.sha256(body).hexdigest()
+            self.verifier.verify(headers.get("authorization"), body_sha256)
         record = encode_record(event, received_at, self.instance, body_sha256)
         return event, self.batcher.submit(event.type, record)
