@@ -84,7 +84,7 @@ class DuckDBWarehouseResource(WarehouseResource):
         description="how long a load waits for another process (an analyst's session) to release the file",
     )
     memory_limit: str = Field(default="512MB", description="DuckDB's memory cap while the pipeline works")
-    chunk_megabytes: int = Field(default=64, description="landing data a load reads in one statement")
+    chunk_megabytes: int = Field(default=64, description="how much of a remote batch a load downloads at a time")
 
     @contextmanager
     def open(self) -> Iterator[Warehouse]:

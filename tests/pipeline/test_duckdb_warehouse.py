@@ -157,6 +157,56 @@ def test_empty_and_blank_lines_are_ignored(store: LocalLandingStore, warehouse: 
     assert rows(warehouse, f"SELECT event_id, landing_line FROM {PULLS} ORDER BY 1") == [("b1", 1), ("b2", 4)]
 
 
+@pytest.mark.parametrize(
+    "layout",
+    [
+        pytest.param(["good", "broken", "good"], id="one-broken-line"),
+        pytest.param(["broken", "good", "broken", "good"], id="two-broken-lines"),
+        pytest.param(["good", "", "broken", "good"], id="broken-line-after-a-blank-line"),
+        pytest.param(["good", "broken\r", "good"], id="carriage-return"),
+    ],
+)
+def test_a_broken_line_is_quarantined_under_its_own_line_number(
+    layout: list[str], store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000002.ndjson"
+    broken = '{"specversion":"1.0","id":"x","data":{"body": '
+    text = []
+    for number, kind in enumerate(layout, start=1):
+        if kind == "good":
+            text.append(landed_line(pull_event(facts(f"g{number}")), key, number, T0, "hand"))
+        else:
+            text.append(kind.replace("broken", broken))
+    store.write_new(key, ("\n".join(text) + "\n").encode())
+
+    result = warehouse.load_objects(store, objects(store, key), "run")
+
+    good = [(f"g{n}", n) for n, kind in enumerate(layout, start=1) if kind == "good"]
+    bad = [(n, "invalid_json", text[n - 1]) for n, kind in enumerate(layout, start=1) if kind.startswith("broken")]
+    assert (result.pulls_inserted, result.lines_rejected) == (len(good), len(bad))
+    assert rows(warehouse, f"SELECT event_id, landing_line FROM {PULLS} ORDER BY landing_line") == good
+    assert rows(warehouse, f"SELECT landing_line, reason, raw_line FROM {REJECTED} ORDER BY 1") == bad
+
+
+def test_a_file_the_csv_reader_refuses_does_not_change_its_neighbours_rows(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    plain = write_object(store, PULL_TYPE, [pull_event(facts("n1")), pull_event(facts("n2"))], T0, sequence=1)
+    crlf = write_object(store, PULL_TYPE, [pull_event(facts("c1")), pull_event(facts("c2"))], T0, sequence=2)
+    path = Path(store.uri(crlf))
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+
+    result = warehouse.load_objects(store, objects(store, plain, crlf), "run")
+
+    assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (4, 4, 0)
+    assert rows(warehouse, f"SELECT event_id, landing_object, landing_line FROM {PULLS} ORDER BY 1") == [
+        ("c1", crlf, 1),
+        ("c2", crlf, 2),
+        ("n1", plain, 1),
+        ("n2", plain, 2),
+    ]
+
+
 def test_a_file_that_is_not_utf8_rejects_only_its_bad_line(
     store: LocalLandingStore, warehouse: DuckDBWarehouse
 ) -> None:
