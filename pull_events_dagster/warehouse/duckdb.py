@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -361,12 +361,8 @@ class DuckDBWarehouse(base.Warehouse):
         return now
 
     @contextmanager
-    def _local_files(self, store: LandingStore, objects: Sequence[LandedObject]) -> Iterator[_Chunk]:
-        """Local paths for ``objects``: the store's own files, or copies fetched into a temp dir."""
-        uris = [store.uri(o.key) for o in objects]
-        if all("://" not in uri for uri in uris):
-            yield _Chunk(list(objects), uris)
-            return
+    def _downloaded(self, store: LandingStore, objects: Sequence[LandedObject]) -> Iterator[_Chunk]:
+        """Copies of ``objects`` fetched into a temp dir, deleted afterwards."""
         tmp = Path(tempfile.mkdtemp(prefix="pull-events-load-", dir=self.download_dir))
         try:
             paths = []
@@ -380,17 +376,20 @@ class DuckDBWarehouse(base.Warehouse):
 
     def _chunks(self, store: LandingStore, objects: Sequence[LandedObject]) -> Iterator[AbstractContextManager[_Chunk]]:
         """Groups of objects to read: a store's own files all at once, downloads ``chunk_bytes`` at a time."""
-        local = all("://" not in store.uri(o.key) for o in objects)
+        uris = [store.uri(o.key) for o in objects]
+        if all("://" not in uri for uri in uris):
+            yield nullcontext(_Chunk(list(objects), uris))
+            return
         group: list[LandedObject] = []
         size = 0
         for obj in objects:
-            if group and not local and size + obj.size > self.chunk_bytes:
-                yield self._local_files(store, group)
+            if group and size + obj.size > self.chunk_bytes:
+                yield self._downloaded(store, group)
                 group, size = [], 0
             group.append(obj)
             size += obj.size
         if group:
-            yield self._local_files(store, group)
+            yield self._downloaded(store, group)
 
     def _write_rows(self, conn: duckdb.DuckDBPyConnection, keys: list[str], loaded_at: datetime, run_id: str) -> None:
         """Write the staged lines' rows and the objects' ledger entries (the caller holds the transaction)."""
