@@ -10,7 +10,7 @@ In one run:
   at 100,000 events (goal: 1M within 1.5x of 100k);
 - **where the time goes**: one more pipeline load of the 1M events with every statement timed;
 - **sensor tick time**: the real landing sensor with 100,000 old objects beside 100 new ones, against the
-  100 alone (goal under 2x), on local directories (two key layouts) and on fake-gcs-server (fewer objects).
+  100 alone (goal under 2x), on local directories (three key layouts) and on fake-gcs-server (fewer objects).
 
 Data is generated before anything is timed; every load and every timed tick is checked for exact counts.
 Prints progress on stderr and the ``## Pipeline`` section for ``benchmarks/RESULTS.md`` on stdout. Work
@@ -135,10 +135,10 @@ def run(plan: Plan, work: Path, started_utc: str, started: float, command: str) 
     gcs_note = ""
     if plan.sensor_history:
         # Imported here: it loads Dagster, which nothing before this point needs.
-        from benchmarks.pipeline_sensor import EARLIER_DAYS_LAYOUT, SAME_DAY_LAYOUT, measure_gcs, measure_local
+        from benchmarks.pipeline_sensor import LAYOUTS, measure_gcs, measure_local
 
         environ = _pipeline_environ(plan)
-        for layout in (EARLIER_DAYS_LAYOUT, SAME_DAY_LAYOUT):
+        for layout in LAYOUTS:
             gate.wait()
             _progress(f"sensor, local landing, {plan.sensor_history:,} old objects ({layout}) ...")
             case = measure_local(work / f"sensor-{layout}", plan.sensor_history, plan.new_objects, layout,

@@ -224,9 +224,13 @@ def _sensor_section(
         for c in sensors
     ]
     layouts = (
-        "Layouts: *earlier-days* = the old objects spread over the 100 `dt=` partitions before the window's day "
-        "(1,000 a day at 100k); *same-day* = all of them in the `dt=` partition the window starts in, before the "
-        "window (a busy day: the receiver writes an object per batch, so 100k objects is about one a second)."
+        "Layouts (keys are `<type>/dt=<day>/hour=<HH>/<time>-...`): *earlier-days* = the old objects spread over "
+        "the 100 `dt=` days before the window's day (1,000 a day at 100k); *same-day* = all of them in the `dt=` "
+        "day the window starts in, in the hours before the window's start hour (at most 12; a busy day: the "
+        "receiver writes an object per batch); *same-hour* = all of them in the `hour=` folder the window starts "
+        "in, before the window: the worst case of hour folders, as a local listing reads that folder whole (100k "
+        "objects in under 50 minutes is far busier than a real hour). A note under the table says when the time of "
+        "day forced a layout out to the next one."
     )
     lines += ["", layouts]
     if gcs_note:

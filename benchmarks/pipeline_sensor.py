@@ -43,10 +43,15 @@ HISTORY_INSTANCE = "history"
 # Old objects end this long before the window starts, so they stay outside it for the whole measurement.
 HISTORY_MARGIN = timedelta(minutes=10)
 EARLIER_DAYS = 100
+# A same-hour history needs this much of the window's start hour before the window (history span + margin).
+SAME_HOUR_MIN_OFFSET = timedelta(minutes=15)
 
 # Layouts of the history: where, in the key space, the old objects sit.
 EARLIER_DAYS_LAYOUT = "earlier-days"  # spread over the 100 days before the window's day
-SAME_DAY_LAYOUT = "same-day"  # in the window's own dt= partition, before the window
+SAME_DAY_LAYOUT = "same-day"  # in the window's own dt= day, in the hours before the window's start hour
+# In the window's start hour folder, before the window: the one folder a local listing must read whole.
+SAME_HOUR_LAYOUT = "same-hour"
+LAYOUTS = (EARLIER_DAYS_LAYOUT, SAME_DAY_LAYOUT, SAME_HOUR_LAYOUT)
 
 
 @dataclass
@@ -108,8 +113,13 @@ def measure_local(
     case = SensorCase("local", layout, history, new, settings["history"].pipeline.max_objects_per_run, note=note)
     case.history_write_seconds = written
     _measure(case, stores, settings, {"history": keys, "reference": []}, steady_ticks, first_ticks, [])
-    if window_start.date() != (datetime.now(UTC) - _lateness(settings["history"])).date():
+    window_end_start = datetime.now(UTC) - _lateness(settings["history"])
+    if window_start.date() != window_end_start.date():
         case.note += " The window's start crossed midnight UTC during the measurement."
+    elif layout == SAME_HOUR_LAYOUT and window_start.hour != window_end_start.hour:
+        case.note += (
+            " The window's start moved into the next hour during the measurement (later ticks skipped the history)."
+        )
     return case
 
 
@@ -138,14 +148,28 @@ def measure_gcs(
 
 
 def history_moments(count: int, layout: str, window_start: datetime) -> tuple[list[datetime], str]:
-    """Commit times of ``count`` old objects, all before ``window_start`` (minus a margin)."""
+    """Commit times of ``count`` old objects, all before ``window_start`` (minus a margin), and a note on the layout.
+
+    Where a layout cannot be had at this time of day, the history takes the next layout out (same-hour, then
+    same-day, then earlier-days) and the note says so.
+    """
+    hour_start = window_start.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    if layout == SAME_HOUR_LAYOUT:
+        if window_start - hour_start >= SAME_HOUR_MIN_OFFSET:
+            return _spread(count, hour_start, window_start - HISTORY_MARGIN), ""
+        moments, note = history_moments(count, SAME_DAY_LAYOUT, window_start)
+        return moments, (
+            f"The window starts less than {SAME_HOUR_MIN_OFFSET.seconds // 60} min into its hour, too early for a "
+            f"same-hour history: laid out as same-day instead. {note}"
+        ).rstrip()
     if layout == SAME_DAY_LAYOUT:
-        day_start = window_start.replace(hour=0, minute=0, second=0, microsecond=0)
-        low, high = max(day_start, window_start - timedelta(hours=12)), window_start - HISTORY_MARGIN
+        day_start = hour_start.replace(hour=0)
+        low, high = max(day_start, hour_start - timedelta(hours=12)), min(hour_start, window_start - HISTORY_MARGIN)
         if high > low:
-            step = (high - low) / count
-            return [low + step * index for index in range(count)], ""
-        layout_note = "The window starts too close to midnight UTC for a same-day history: spread over earlier days."
+            return _spread(count, low, high), ""
+        layout_note = (
+            "The window starts in hour 00 UTC, which leaves no earlier hour of its day: spread over earlier days."
+        )
         return history_moments(count, EARLIER_DAYS_LAYOUT, window_start)[0], layout_note
     day = window_start.replace(hour=0, minute=0, second=0, microsecond=0)
     per_day = math.ceil(count / EARLIER_DAYS)
@@ -153,6 +177,12 @@ def history_moments(count: int, layout: str, window_start: datetime) -> tuple[li
     return [
         day - timedelta(days=1 + index % EARLIER_DAYS) + step * (index // EARLIER_DAYS) for index in range(count)
     ], ""
+
+
+def _spread(count: int, low: datetime, high: datetime) -> list[datetime]:
+    """``count`` moments evenly spread over [low, high)."""
+    step = (high - low) / count
+    return [low + step * index for index in range(count)]
 
 
 def write_local_history(root: Path, moments: Sequence[datetime]) -> list[str]:

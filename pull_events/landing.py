@@ -2,11 +2,13 @@
 
 Layout (keys are relative to the landing root or ``gs://bucket/prefix``)::
 
-    <event type>/dt=<YYYY-MM-DD>/<YYYYMMDDTHHMMSSffffffZ>-<instance>-<seq>.ndjson
+    <event type>/dt=<YYYY-MM-DD>/hour=<HH>/<YYYYMMDDTHHMMSSffffffZ>-<instance>-<seq>.ndjson
 
-Keys sort by time within a type, so "everything since T" is one ranged listing per type. Every key
-segment is sanitised, so a hostile ``Ce-Type`` cannot escape its directory. Objects are written
-create-only and are durable when ``write_new`` returns.
+Keys sort by time within a type (every time field is fixed width, so key order is time order), so
+"everything since T" is one ranged listing per type. On GCS that is a listing from a start offset; on local
+disk the hour folders let it skip every earlier hour without listing it, so its cost does not grow with the
+objects landed earlier the same day. Every key segment is sanitised, so a hostile ``Ce-Type`` cannot escape
+its directory. Objects are written create-only and are durable when ``write_new`` returns.
 
 Each line is one CloudEvent in JSON form (attributes, extensions and ``data``) with these extra
 top-level keys; their underscores make a clash with a CloudEvents extension name impossible:
@@ -19,6 +21,7 @@ import hashlib
 import os
 import re
 import socket
+import stat
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -71,7 +74,7 @@ def object_key(event_type: str, committed_at: datetime, instance: str, sequence:
     """The key of a new object holding events of ``event_type`` committed at ``committed_at``."""
     moment = committed_at.astimezone(UTC)
     return (
-        f"{safe_segment(event_type)}/dt={moment:%Y-%m-%d}/"
+        f"{safe_segment(event_type)}/{_time_folders(moment)}/"
         f"{time_stamp(moment)}-{safe_segment(instance)}-{sequence:010d}{OBJECT_SUFFIX}"
     )
 
@@ -79,7 +82,12 @@ def object_key(event_type: str, committed_at: datetime, instance: str, sequence:
 def listing_start(type_dir: str, since: datetime) -> str:
     """The smallest key of ``type_dir`` that can hold an object committed at or after ``since``."""
     moment = since.astimezone(UTC)
-    return f"{type_dir}/dt={moment:%Y-%m-%d}/{time_stamp(moment)}"
+    return f"{type_dir}/{_time_folders(moment)}/{time_stamp(moment)}"
+
+
+def _time_folders(moment: datetime) -> str:
+    """The Hive-style day and hour folders of a key, e.g. ``dt=2026-11-28/hour=00`` (``moment`` in UTC)."""
+    return f"dt={moment:%Y-%m-%d}/hour={moment:%H}"
 
 
 def key_committed_at(key: str) -> datetime:
@@ -142,12 +150,14 @@ class LocalLandingStore(LandingStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        # Folders whose entries, and their parents' entries, this store has made durable (see _ensure_folder).
+        self._durable_folders: set[Path] = set()
 
     def write_new(self, key: str, data: bytes) -> None:
         final = self.root / key
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
+            self._ensure_folder(final.parent)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
                 view = memoryview(data)
@@ -168,30 +178,86 @@ class LocalLandingStore(LandingStore):
         finally:
             tmp.unlink(missing_ok=True)
 
+    def _ensure_folder(self, folder: Path) -> None:
+        """Create ``folder`` if it is missing, and make the directory entries leading to it durable.
+
+        A new folder's entry lives in its parent, so fsyncing the folder alone (as ``write_new`` does for the
+        object's entry) would not keep it across a crash; the same goes for the parent's own entry if that is new
+        too. The folder may also have been created a moment ago by another writer whose fsyncs have not run yet,
+        so the first write of this store into any folder fsyncs the chain up to the root itself. The fsyncs run
+        once per folder (an hour per type per process); every other write costs one mkdir that finds it there.
+        """
+        created: list[Path] = []
+        try:
+            os.mkdir(folder)
+            created.append(folder)
+        except FileExistsError:
+            if folder in self._durable_folders:
+                return
+        except FileNotFoundError:
+            missing = folder
+            while not missing.is_dir() and missing != missing.parent:
+                created.append(missing)
+                missing = missing.parent
+            folder.mkdir(parents=True, exist_ok=True)
+        holders = {path.parent for path in created}
+        holders.update(parent for parent in folder.parents if parent.is_relative_to(self.root))
+        for holder in sorted(holders, key=lambda path: len(path.parts), reverse=True):
+            _fsync_dir(holder)
+        if len(self._durable_folders) > 10_000:  # bounded: a long-running process sees a new hour every hour
+            self._durable_folders.clear()
+        self._durable_folders.add(folder)
+
     def event_type_dirs(self) -> list[str]:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
     def list_from(self, type_dir: str, start_key: str) -> Iterator[LandedObject]:
-        base = self.root / type_dir
-        if not base.is_dir():
+        prefix = f"{type_dir}/"
+        if start_key.startswith(prefix):
+            floor = start_key[len(prefix) :]
+        elif start_key < prefix:
+            floor = ""
+        else:
             return
-        start_partition, _, start_name = start_key[len(type_dir) + 1 :].partition("/")
-        for partition in sorted(p.name for p in base.iterdir() if p.name.startswith("dt=")):
-            if partition < start_partition:
+        base = self.root / type_dir
+        if base.is_dir():
+            yield from self._walk(base, prefix, floor)
+
+    def _walk(self, folder: Path, prefix: str, floor: str) -> Iterator[LandedObject]:
+        """Objects under ``folder`` (whose keys start with ``prefix``) with key >= ``prefix + floor``, in key order.
+
+        Exactly the order and bounds of a string comparison of whole keys, as a GCS ranged listing gives, while
+        listing only the folders that can hold such keys: at each level a folder whose name sorts below the
+        floor's first segment is skipped unlisted, the one equal to it is walked with the rest of the floor, and
+        later ones are walked whole.
+        """
+        # Filter by name before sorting or stat-ing: the window is usually a small tail of the folder. A name below
+        # the floor matters only as a folder the floor runs through (its first segment) or, for a name followed in
+        # that segment by a character sorting before "/", a folder whose keys all sort after the floor. ``low`` is
+        # the shortest such name, so for the layout's names this first pass is the one comparison it always was.
+        head = floor.partition("/")[0]
+        low = next((head[:end] for end in range(len(head)) if head[end] < "/"), head)
+        names = [name for name in os.listdir(folder) if name >= low and name[:1] != "."]
+        entries = []
+        for name in names:
+            if name < floor and not floor.startswith(name):
                 continue
-            folder = base / partition
-            # Filter by name before sorting or stat-ing: the window is usually a small tail of the day.
-            floor = start_name if partition == start_partition else ""
-            names = sorted(
-                name
-                for name in os.listdir(folder)
-                if name >= floor and name.endswith(OBJECT_SUFFIX) and not name.startswith(".")
-            )
-            for name in names:
-                path = folder / name
-                yield LandedObject(key=f"{type_dir}/{partition}/{name}", size=path.stat().st_size, uri=str(path))
+            path = folder / name
+            info = path.stat()
+            if stat.S_ISDIR(info.st_mode):
+                # All keys below a folder start with "<name>/": sorting by that is sorting by key.
+                entries.append((f"{name}/", path, None))
+            elif name >= floor and name.endswith(OBJECT_SUFFIX):
+                entries.append((name, path, info.st_size))
+        for sort_name, path, size in sorted(entries):
+            if size is not None:
+                yield LandedObject(key=prefix + sort_name, size=size, uri=str(path))
+            elif floor.startswith(sort_name):
+                yield from self._walk(path, prefix + sort_name, floor[len(sort_name) :])
+            elif sort_name > floor:
+                yield from self._walk(path, prefix + sort_name, "")
 
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()

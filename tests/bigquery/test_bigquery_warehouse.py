@@ -113,7 +113,7 @@ def test_each_event_is_loaded_once_however_often_it_is_delivered_landed_or_loade
 def test_a_load_that_stopped_before_its_ledger_rows_is_redone_without_duplicates(
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
 ) -> None:
-    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000001.ndjson"
+    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
     lines = [landed_line(pull_event(facts(f"c{n}")), key, n, T0, "hand") for n in (1, 2, 3)]
     gcs_store.write_new(key, f"{lines[0]}\n{lines[1][:150]}\n{lines[2]}\n".encode())  # line 2 cut short
     batch = objects(gcs_store, key)
@@ -190,8 +190,8 @@ def test_a_broken_line_keeps_the_lineage_its_start_still_carries(
 ) -> None:
     # A load job does not say which object a row came from: the line's own keys do. The receiver writes them
     # first, so a line cut short still names its object and line; a line without them names neither.
-    key_a = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000001.ndjson"
-    key_b = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120001000000Z-hand-0000000002.ndjson"
+    key_a = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
+    key_b = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120001000000Z-hand-0000000002.ndjson"
     cut_short = landed_line(pull_event(facts("t1")), key_a, 2, T0, "hand")[:150]
     gcs_store.write_new(key_a, f"{landed_line(pull_event(facts('a1')), key_a, 1, T0, 'hand')}\n{cut_short}\n".encode())
     gcs_store.write_new(key_b, f"{landed_line(pull_event(facts('b1')), key_b, 1, T0, 'hand')}\n<html>\n".encode())
@@ -240,7 +240,7 @@ def test_a_line_the_load_job_cannot_read_is_counted_and_its_neighbours_load(
 
 
 def test_empty_and_blank_lines_are_ignored(warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore) -> None:
-    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000001.ndjson"
+    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
     first = landed_line(pull_event(facts("b1")), key, 1, T0, "hand")
     fourth = landed_line(pull_event(facts("b2")), key, 4, T0, "hand")
     gcs_store.write_new(key, f"{first}\n\n  \t\n{fourth}\n\n".encode())

@@ -146,7 +146,7 @@ def test_poison_lines_are_quarantined_with_their_reason_while_neighbours_load(
 
 
 def test_empty_and_blank_lines_are_ignored(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000001.ndjson"
+    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
     first = landed_line(pull_event(facts("b1")), key, 1, T0, "hand")
     fourth = landed_line(pull_event(facts("b2")), key, 4, T0, "hand")
     store.write_new(key, f"{first}\n\n  \t\r\n{fourth}\n\n".encode())
@@ -169,7 +169,7 @@ def test_empty_and_blank_lines_are_ignored(store: LocalLandingStore, warehouse: 
 def test_a_broken_line_is_quarantined_under_its_own_line_number(
     layout: list[str], store: LocalLandingStore, warehouse: DuckDBWarehouse
 ) -> None:
-    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/20261120T120000000000Z-hand-0000000002.ndjson"
+    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000002.ndjson"
     broken = '{"specversion":"1.0","id":"x","data":{"body": '
     text = []
     for number, kind in enumerate(layout, start=1):
@@ -293,7 +293,7 @@ def test_other_event_types_land_in_the_events_table(store: LocalLandingStore, wa
 
 def test_a_failed_load_leaves_nothing_half_written(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
     good = write_object(store, PULL_TYPE, [pull_event(facts("g1"))], T0)
-    vanished = LandedObject(key="dev.chainguard.registry.pull.v1/dt=2026-11-20/gone.ndjson", size=10, uri="")
+    vanished = LandedObject(key="dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/gone.ndjson", size=10, uri="")
 
     with pytest.raises(LandingObjectMissing, match=r"gone\.ndjson"):
         warehouse.load_objects(store, [*objects(store, good), vanished], "run-1")

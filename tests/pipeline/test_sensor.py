@@ -236,7 +236,7 @@ def test_the_sensor_never_opens_the_warehouse(
 def test_a_file_named_by_hand_is_loaded_once_and_does_not_break_the_sensor(tmp_path: Path) -> None:
     store = LocalLandingStore(tmp_path / "landing")
     now = datetime.now(UTC)
-    odd = f"{PULL_TYPE}/dt={now:%Y-%m-%d}/zz-copied-by-hand.ndjson"
+    odd = f"{PULL_TYPE}/dt={now:%Y-%m-%d}/hour={now:%H}/zz-copied-by-hand.ndjson"
     store.write_new(odd, b"{}\n")
     first = plan_tick(LandingCursor(), store, {}, now, HOUR, 10)
     assert [r.batch.keys for r in first.requests] == [[odd]]

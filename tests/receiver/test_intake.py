@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pull_events.landing import LocalLandingStore
+from pull_events.landing import LocalLandingStore, key_committed_at
 from tests.receiver.conftest import MakeReceiver
 from tests.receiver.deliveries import (
     binary_delivery,
@@ -59,7 +59,9 @@ def test_binary_pull_delivery_lands_every_attribute_data_bytes_and_receipt(
     [line] = landed_lines(local_store)
     [landed] = list(local_store.list_all())
     assert landed.key == answer["object"]
-    assert landed.key.startswith(f"{PULL}/dt={after:%Y-%m-%d}/")
+    committed = key_committed_at(landed.key)
+    assert before <= committed <= after
+    assert landed.key.startswith(f"{PULL}/dt={committed:%Y-%m-%d}/hour={committed:%H}/")
     # The data is the request body, byte for byte.
     assert b',"data":' + body + b',"received_at":' in line
     record = json.loads(line)
@@ -175,7 +177,7 @@ def test_hostile_type_and_id_land_inside_the_landing_root_unchanged(
     assert len(files) == 1
     assert files[0].resolve().is_relative_to(landing_dir.resolve())
     assert files[0].relative_to(landing_dir).parts[0] not in ("..", ".")
-    assert len(files[0].relative_to(landing_dir).parts) == 3  # <type>/dt=<date>/<object>
+    assert len(files[0].relative_to(landing_dir).parts) == 4  # <type>/dt=<date>/hour=<hour>/<object>
     [record] = landed_records(LocalLandingStore(landing_dir))
     assert (record["type"], record["id"]) == (event_type, event_id)
 
