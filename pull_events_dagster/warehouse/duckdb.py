@@ -449,7 +449,7 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(
             f"""
             INSERT INTO {rejected} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
-            SELECT c.landing_object, c.landing_line, c.reason, coalesce(c.unparsed_line, c.raw_event::VARCHAR),
+            SELECT c.landing_object, c.landing_line, c.reason, c.rejected_line,
                 $loaded_at, $run_id
             FROM pe_lines c
             WHERE c.reason IS NOT NULL AND NOT EXISTS (
@@ -632,7 +632,9 @@ class DuckDBWarehouse(base.Warehouse):
             SELECT
                 object_key, coalesce(position, p.landing_line) AS position, undecodable, blank, reason,
                 j AS raw_event,
-                CASE WHEN j IS NULL THEN line END AS unparsed_line,
+                -- The rejected-events table keeps the line as landed; staging it here spares that insert a
+                -- scan of every line's raw_event.
+                CASE WHEN reason IS NOT NULL THEN line END AS rejected_line,
                 coalesce(p.landing_object, object_key) AS landing_object,
                 coalesce(p.landing_line, position) AS landing_line,
                 id AS event_id, source AS event_source, type AS event_type, p.subject AS event_subject,
