@@ -57,7 +57,16 @@ from google.cloud.exceptions import NotFound
 
 from pull_events.landing import LandedObject, LandingStore
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.schema import ACTOR, ENVELOPE, PULL_BODY, TABLES, Column
+from pull_events_dagster.warehouse.schema import (
+    ACTOR,
+    ENVELOPE,
+    LINE_KEYS,
+    PULL_BODY,
+    PULL_DATA,
+    TABLES,
+    Column,
+    nested_records,
+)
 
 STAGING_PREFIX = "_staging_load_"
 # U+001F (unit separator): valid JSON text can only hold it escaped, so it never splits a good line.
@@ -161,6 +170,46 @@ def column_value(column: Column, json_expr: str, keys: Sequence[str]) -> str:
     return f"SAFE_CAST(JSON_VALUE({json_expr}, {json_path(keys)}) AS {column.type})"
 
 
+def _held(json_expr: str, keys: Sequence[str], column: Column) -> str:
+    """SQL: whether a line's member is held by its column: not null, or for a record, one of its fields held.
+
+    The same test as the DuckDB load's, so both engines keep raw_event for the same lines.
+    """
+    if column.type != "RECORD" or column.mode == "REPEATED":
+        return f"{json_type(json_expr, keys)} != 'null'"
+    return "(" + " OR ".join(_held(json_expr, (*keys, f.name), f) for f in column.fields) + ")"
+
+
+def _count(conditions: Iterable[str]) -> str:
+    return " + ".join(f"IF({condition}, 1, 0)" for condition in conditions)
+
+
+def _key_count(json_expr: str) -> str:
+    """SQL: how many keys an object has (0 when it is not one)."""
+    return f"IF(JSON_TYPE({json_expr}) = 'object', ARRAY_LENGTH(JSON_KEYS({json_expr}, 1)), 0)"
+
+
+def keeps_raw_event(o: str, is_pull: str) -> str:
+    """SQL: whether a good line keeps its text in raw_event: it has more keys than its columns hold.
+
+    Keys are counted at the top level and, for a pull, in every object of its data that columns hold key by
+    key (and each policy result, a non-object one counting as a key no column holds).
+    """
+    top_keys = _key_count(o)
+    top_held = _count(f"{json_type(o, (key,))} != 'null'" for key in (*LINE_KEYS, "data"))
+    objects = nested_records(PULL_DATA, ("data",))
+    pull_keys = " + ".join(_key_count(f"JSON_QUERY({o}, {json_path(path)})") for path, _ in objects)
+    pull_held = " + ".join(_count(_held(o, (*path, f.name), f) for f in column.fields) for path, column in objects)
+    policies = ("data", "body", "policy_results")
+    policy_fields = next(f for f in PULL_BODY.fields if f.name == "policy_results").fields
+    policy_keys = "IF(JSON_TYPE(e) = 'object', ARRAY_LENGTH(JSON_KEYS(e, 1)), 1)"
+    policy_held = _count(_held("e", (f.name,), f) for f in policy_fields)
+    return (
+        f"({top_keys} > {top_held} OR {is_pull} AND ({pull_keys} > {pull_held} OR IFNULL((SELECT SUM({policy_keys})"
+        f" - SUM({policy_held}) FROM UNNEST(JSON_QUERY_ARRAY({o}, {json_path(policies)})) AS e), 0) > 0))"
+    )
+
+
 def sql_literal(value: object) -> str:
     """A GoogleSQL literal of a string, integer, timestamp, list of strings or NULL."""
     if value is None:
@@ -239,7 +288,7 @@ class BigQueryWarehouse(base.Warehouse):
     # -- Warehouse ---------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the dataset and any missing table; two metadata calls when everything exists."""
+        """Create the dataset and any missing table or column; one metadata call per table when everything exists."""
         dataset = bigquery.Dataset(f"{self.client.project}.{self.dataset}")
         try:
             self.client.get_dataset(dataset, retry=self.retry)
@@ -251,6 +300,7 @@ class BigQueryWarehouse(base.Warehouse):
             existing = set()
         for name in TABLES:
             if name in existing:
+                self._add_missing_columns(name)
                 continue
             table = bigquery.Table(self.table_id(name), schema=table_schema(name))
             partition, clustering = LAYOUT.get(name, (None, ()))
@@ -262,6 +312,20 @@ class BigQueryWarehouse(base.Warehouse):
                 table.clustering_fields = list(clustering)
             self.client.create_table(table, exists_ok=True, retry=self.retry)
         self._ensured = True
+
+    def _add_missing_columns(self, name: str) -> None:
+        """Give a table made by an earlier version the columns added since (NULL in its old rows)."""
+        table = self.client.get_table(self.table_id(name), retry=self.retry)
+        present = {field.name for field in table.schema}
+        missing = [field for field in table_schema(name) if field.name not in present]
+        if missing:  # BigQuery adds only NULLABLE (or REPEATED) columns: columns added later must be nullable
+            self.query(
+                "".join(
+                    f"ALTER TABLE `{self.table_id(name)}` ADD COLUMN IF NOT EXISTS {ident(f.name)} {sql_type(f)} "
+                    f"OPTIONS(description={sql_literal(f.description or '')});\n"
+                    for f in missing
+                )
+            )
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -400,9 +464,10 @@ class BigQueryWarehouse(base.Warehouse):
             sources = {
                 **{c.name: c.name for c in ENVELOPE},
                 **values,
-                **{c: c for c in ("landing_object", "landing_line", "received_at", "received_by")},
+                **{c: c for c in ("landing_object", "landing_line", "received_at", "received_by", "body_sha256")},
                 "loaded_at": "v_loaded_at",
-                "raw_event": o,
+                # Read only for the rows merged: the rows of one kind, all of them good lines.
+                "raw_event": f"IF(IFNULL({keeps_raw_event(o, sql_literal(table == base.PULLS))}, TRUE), {o}, NULL)",
             }
             columns = [ident(c.name) for c in TABLES[table]]
             select = ", ".join(f"{sources[c.name]} AS {ident(c.name)}" for c in TABLES[table])
@@ -419,6 +484,9 @@ WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
             "body": column_value(PULL_BODY, o, ("data", "body")),
         }
         event_values = {"data": f"JSON_QUERY({o}, '$.data')"}
+        # The attributes and receiver keys read as plain text (the ones above have rules or types of their own).
+        plain = ("specversion", "datacontenttype", "dataschema", "audience", "actor", "body_sha256")
+        more_attributes = ",\n    ".join(f"{json_text(o, (key,))} AS {LINE_KEYS[key]}" for key in plain)
 
         return f"""
 CREATE TEMP TABLE {lines} AS
@@ -436,6 +504,7 @@ WITH raw AS (
     {json_text(o, ("group",))} AS event_group,
     {timestamp_from_text(json_text(o, ("received_at",)))} AS received_at,
     {json_text(o, ("received_by",))} AS received_by,
+    {more_attributes},
     IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_object}'), JSON_VALUE(o, '$.landing_object')) AS own_object,
     SAFE_CAST(IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_line}'), JSON_VALUE(o, '$.landing_line')) AS INT64)
       AS own_line,

@@ -3,12 +3,13 @@
 A load first stages its lines in temp tables, outside the transaction: DuckDB's parallel CSV reader
 splits the files into lines, each numbered by the ``landing_line`` the receiver wrote into it (objects
 whose lines cannot number themselves are read whole and split in SQL, so a broken line is still one row
-with its position). Each line is validated as JSON (``TRY_CAST(... AS JSON)``, which is also the stored
-``raw_event``) and parsed once into a struct shaped by ``schema.py`` (``from_json``); the values whose
-JSON type a rejection rule looks at are read as JSON fragments, whose first character tells the type.
-Only the rare pull lines that parse leaves undecided (a missing or odd ``data``, ``body`` or ``actor``)
-get their JSON types read (``json_type``). Then one transaction writes the rows, the rejected lines and
-the ledger. No Python touches individual lines.
+with its position). Each line is validated as JSON (``TRY_CAST(... AS JSON)``) and parsed once into a
+struct shaped by ``schema.py`` (``from_json``); the values whose JSON type a rejection rule looks at are
+read as JSON fragments, whose first character tells the type. Only the rare pull lines that parse leaves
+undecided (a missing or odd ``data``, ``body`` or ``actor``) get their JSON types read (``json_type``).
+A line's keys are counted (``json_keys``) against the fields its columns hold: only a line with more
+(an unknown extension, data field or claim, a null value) keeps its text as ``raw_event``. Then one
+transaction writes the rows, the rejected lines and the ledger. No Python touches individual lines.
 
 DuckDB admits one writer process per file. A process that holds the file open (an analyst's CLI, a
 notebook) makes ``connect`` fail with a lock error: connections are retried with backoff for
@@ -34,7 +35,15 @@ import duckdb
 
 from pull_events.landing import LandedObject, LandingStore
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.schema import ACTOR, PULL_BODY, TABLES, Column
+from pull_events_dagster.warehouse.schema import (
+    ACTOR,
+    LINE_KEYS,
+    PULL_BODY,
+    PULL_DATA,
+    TABLES,
+    Column,
+    nested_records,
+)
 
 log = logging.getLogger(__name__)
 
@@ -103,21 +112,42 @@ _POLICY_RESULTS_STRUCTURE = json.dumps(json_structure(next(f for f in PULL_BODY.
 
 # The whole line in one parse. Attributes whose JSON type the rules check are read as JSON fragments
 # (minified, so the first character tells the type); pull data is shaped like the pull table.
-_LINE_STRUCTURE = json.dumps(
-    {
-        "landing_object": "VARCHAR",
-        "landing_line": "BIGINT",
-        "id": "JSON",
-        "source": "JSON",
-        "type": "JSON",
-        "subject": "VARCHAR",
-        "time": "JSON",
-        "group": "VARCHAR",
-        "received_at": "VARCHAR",
-        "received_by": "VARCHAR",
-        "data": {"actor": json_structure(ACTOR), "body": _pull_body_structure()},
-    }
-)
+_LINE_SHAPE: dict[str, Any] = {
+    **{key: "VARCHAR" for key in LINE_KEYS},
+    **{key: "JSON" for key in ("id", "source", "type", "time")},
+    "landing_line": "BIGINT",
+    "data": {"actor": json_structure(ACTOR), "body": _pull_body_structure()},
+}
+_LINE_STRUCTURE = json.dumps(_LINE_SHAPE)
+
+# The objects of a pull line whose keys are counted, to tell whether its columns hold all of it.
+_PULL_OBJECTS = nested_records(PULL_DATA, ("data",))
+_PULL_KEY_PATHS = ["$", *("$." + ".".join(quote(key) for key in path) for path, _ in _PULL_OBJECTS)]
+_POLICIES = ("data", "body", "policy_results")
+_POLICY_FIELDS = next(f for f in PULL_BODY.fields if f.name == "policy_results").fields
+
+
+def _held(value: str, column: Column) -> str:
+    """SQL: whether a parsed field holds a value: not NULL, or for a record, holding one of its fields.
+
+    A record whose fields are all NULL (a string where an object belongs, ``{}``, only null values) is not
+    held, so the line keeps raw_event rather than losing it.
+    """
+    if column.type != "RECORD" or column.mode == "REPEATED":
+        return f"{value} IS NOT NULL"
+    return "(" + " OR ".join(_held(f"{value}.{quote(f.name)}", f) for f in column.fields) + ")"
+
+
+def _count_held(value: str, fields: Sequence[Column]) -> str:
+    """SQL: how many of a parsed record's fields hold a value."""
+    return " + ".join(f"CAST({_held(f'{value}.{quote(f.name)}', f)} AS INTEGER)" for f in fields)
+
+
+def _held_keys() -> tuple[str, str, str]:
+    """SQL: the keys a line's columns hold: its top level, a pull line's data objects, one policy result ``r``."""
+    top = " + ".join(f"CAST(p.{quote(key)} IS NOT NULL AS INTEGER)" for key in (*LINE_KEYS, "data"))
+    pull = " + ".join(_count_held("p." + ".".join(map(quote, path)), column.fields) for path, column in _PULL_OBJECTS)
+    return top, pull, _count_held("r", _POLICY_FIELDS)
 
 
 def _string_value(fragment: str) -> str:
@@ -191,17 +221,17 @@ _NO_LINES = """
 # 1..n (and no blank line shifts the count); else (whole) it is read again by the positional reader.
 _NUMBERING = """
     INSERT INTO pe_objects
-    SELECT object_key,
+    SELECT object_id, k.object_key,
         NOT (unnumbered = 0 AND numbers = lines - blank
             OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1 AND first >= 1 AND last <= lines),
         CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - total END
     FROM (
-        SELECT object_key, count(*) AS lines, count(*) FILTER (blank) AS blank,
+        SELECT object_id, count(*) AS lines, count(*) FILTER (blank) AS blank,
             count(*) FILTER (NOT blank AND position IS NULL) AS unnumbered,
             count(DISTINCT position) AS numbers, min(position) AS first, max(position) AS last,
             sum(position) AS total
-        FROM pe_lines_csv WHERE object_key IN (SELECT unnest($keys)) GROUP BY object_key
-    )
+        FROM pe_lines_csv WHERE object_id IN (SELECT unnest($ids)) GROUP BY object_id
+    ) JOIN pe_keys k USING (object_id)
 """
 
 
@@ -305,6 +335,19 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
         for table in TABLES:
             conn.execute(table_ddl(self.schema, table))
+        # Tables made by an earlier version get the columns added since (new columns are NULL in old rows).
+        present = set(
+            conn.execute(
+                "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = $schema",
+                {"schema": self.schema},
+            ).fetchall()
+        )
+        for table, columns in TABLES.items():
+            for column in columns:
+                if (table, column.name) not in present:
+                    # Old rows have no value for it: a column added later cannot be NOT NULL.
+                    ddl = column_ddl(column).replace(" NOT NULL", "")
+                    conn.execute(f"ALTER TABLE {self._table(table)} ADD COLUMN {ddl}")
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -402,7 +445,7 @@ class DuckDBWarehouse(base.Warehouse):
             f"""
             CREATE OR REPLACE TEMP TABLE pe_losers AS
             WITH good AS (
-                SELECT is_pull, event_source, event_id, object_key, position, received_at, landing_object,
+                SELECT is_pull, event_source, event_id, object_id, position, received_at, landing_object,
                     landing_line
                 FROM pe_lines WHERE reason IS NULL
             ), repeated AS (
@@ -410,42 +453,29 @@ class DuckDBWarehouse(base.Warehouse):
                 SEMI JOIN (SELECT is_pull, event_source, event_id FROM good GROUP BY ALL HAVING count(*) > 1) r
                     ON r.is_pull = g.is_pull AND r.event_source = g.event_source AND r.event_id = g.event_id
             )
-            SELECT object_key, position FROM repeated
+            SELECT object_id, position FROM repeated
             QUALIFY row_number() OVER (PARTITION BY is_pull, event_source, event_id
                 ORDER BY received_at NULLS LAST, landing_object, landing_line) > 1
             UNION
-            SELECT g.object_key, g.position FROM good g
+            SELECT g.object_id, g.position FROM good g
             JOIN {pulls} t ON t.event_source = g.event_source AND t.event_id = g.event_id WHERE g.is_pull
             UNION
-            SELECT g.object_key, g.position FROM good g
+            SELECT g.object_id, g.position FROM good g
             JOIN {events} t ON t.event_source = g.event_source AND t.event_id = g.event_id WHERE NOT g.is_pull
             """
         )
         winners = (
-            "FROM pe_lines c ANTI JOIN pe_losers l ON l.object_key = c.object_key AND l.position = c.position "
+            "FROM pe_lines c ANTI JOIN pe_losers l ON l.object_id = c.object_id AND l.position = c.position "
             "WHERE c.reason IS NULL"
         )
-        lineage = "c.landing_object, c.landing_line, c.received_at, c.received_by, $loaded_at, c.raw_event"
-        envelope = "c.event_id, c.event_source, c.event_type, c.event_subject, c.event_time, c.event_group"
+        # Every column of the two tables comes from the staged line's column of the same name, except these.
+        computed = {"repository": "c.body.repository", "data": "c.event_data", "loaded_at": "$loaded_at"}
         params = {"loaded_at": loaded_at}
-        conn.execute(
-            f"""
-            INSERT INTO {pulls} (event_id, event_source, event_type, event_subject, event_time, event_group,
-                repository, actor, body, landing_object, landing_line, received_at, received_by, loaded_at, raw_event)
-            SELECT {envelope}, c.body.repository, c.actor, c.body, {lineage}
-            {winners} AND c.is_pull
-            """,
-            params,
-        )
-        conn.execute(
-            f"""
-            INSERT INTO {events} (event_id, event_source, event_type, event_subject, event_time, event_group,
-                data, landing_object, landing_line, received_at, received_by, loaded_at, raw_event)
-            SELECT {envelope}, json_extract(c.raw_event, '$.data'), {lineage}
-            {winners} AND NOT c.is_pull
-            """,
-            params,
-        )
+        for table, kind in ((base.PULLS, "c.is_pull"), (base.EVENTS, "NOT c.is_pull")):
+            names = [column.name for column in TABLES[table]]
+            values = ", ".join(computed.get(name, f"c.{quote(name)}") for name in names)
+            columns = ", ".join(map(quote, names))
+            conn.execute(f"INSERT INTO {self._table(table)} ({columns}) SELECT {values} {winners} AND {kind}", params)
         conn.execute(
             f"""
             INSERT INTO {rejected} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
@@ -466,12 +496,11 @@ class DuckDBWarehouse(base.Warehouse):
                 count(*) FILTER (c.reason IS NULL AND NOT c.is_pull AND l.position IS NULL) AS events_inserted,
                 count(l.position) AS duplicates_skipped,
                 count(*) FILTER (c.reason IS NOT NULL) AS lines_rejected
-            FROM (SELECT unnest($keys::VARCHAR[]) AS object_key) f
-            LEFT JOIN pe_lines c USING (object_key)
-            LEFT JOIN pe_losers l USING (object_key, position)
+            FROM pe_keys f
+            LEFT JOIN pe_lines c USING (object_id)
+            LEFT JOIN pe_losers l USING (object_id, position)
             GROUP BY f.object_key
             """,
-            {"keys": keys},
         )
         # The ledger in the same transaction: an object is "loaded" exactly when all of its rows are.
         conn.execute(
@@ -500,25 +529,38 @@ class DuckDBWarehouse(base.Warehouse):
         and every object of a group the CSV reader refuses (a CR, a control character, bytes that are not
         UTF-8), is read again whole and split on newlines. Both ways give every line the same row.
         """
-        self._classify(conn, "CREATE OR REPLACE TEMP TABLE pe_lines_whole AS", _NO_LINES, [], [])
+        # Staged lines name their object by a number (pe_keys): a key per line would be copied a million times.
+        ids = {obj.key: index for index, obj in enumerate(objects)}
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE pe_keys AS "
+            "SELECT unnest($ids::INTEGER[]) AS object_id, unnest($keys::VARCHAR[]) AS object_key",
+            {"ids": list(ids.values()), "keys": list(ids)},
+        )
+        self._classify(conn, "CREATE OR REPLACE TEMP TABLE pe_lines_whole AS", _NO_LINES, [], [], ids)
         conn.execute("CREATE OR REPLACE TEMP TABLE pe_lines_csv AS FROM pe_lines_whole LIMIT 0")
-        conn.execute("CREATE OR REPLACE TEMP TABLE pe_objects (object_key VARCHAR, whole BOOLEAN, gap BIGINT)")
+        conn.execute(
+            "CREATE OR REPLACE TEMP TABLE pe_objects (object_id INTEGER, object_key VARCHAR, whole BOOLEAN, gap BIGINT)"
+        )
         for chunk in self._chunks(store, objects):
             with chunk as files:
-                self._stage_chunk(conn, files)
+                self._stage_chunk(conn, files, ids)
+        # A line names its own landing object only where that differs from the key it was read from.
         conn.execute(
             """
             CREATE OR REPLACE TEMP VIEW pe_lines AS
             SELECT c.* REPLACE (
-                coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line)
-            FROM pe_lines_csv c JOIN pe_objects o USING (object_key)
+                coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line,
+                coalesce(c.landing_object, o.object_key) AS landing_object)
+            FROM pe_lines_csv c JOIN pe_objects o USING (object_id)
             WHERE NOT o.whole AND NOT c.blank
             UNION ALL
-            SELECT * FROM pe_lines_whole WHERE NOT blank AND NOT undecodable
+            SELECT w.* REPLACE (coalesce(w.landing_object, o.object_key) AS landing_object)
+            FROM pe_lines_whole w JOIN pe_objects o USING (object_id)
+            WHERE NOT w.blank AND NOT w.undecodable
             """
         )
 
-    def _stage_chunk(self, conn: duckdb.DuckDBPyConnection, files: _Chunk) -> None:
+    def _stage_chunk(self, conn: duckdb.DuckDBPyConnection, files: _Chunk, ids: dict[str, int]) -> None:
         keys = [o.key for o in files.objects]
         # Both readers skip files they cannot find: an object must never be recorded as loaded without its lines.
         found = {
@@ -529,12 +571,16 @@ class DuckDBWarehouse(base.Warehouse):
             raise LandingObjectMissing(f"{len(missing)} landing objects cannot be read, e.g. {missing[0]}")
         path_of = dict(zip(keys, files.paths, strict=True))
         try:
-            self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, files.paths, keys)
+            self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, files.paths, keys, ids)
         except duckdb.InvalidInputException as exc:
             log.info("reading %d objects whole: %s", len(keys), str(exc).splitlines()[0])
-            conn.execute("INSERT INTO pe_objects SELECT unnest($keys), true, NULL", {"keys": keys})
+            conn.execute(
+                "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL FROM pe_keys "
+                "WHERE object_key IN (SELECT unnest($keys))",
+                {"keys": keys},
+            )
         else:
-            conn.execute(_NUMBERING, {"keys": keys})
+            conn.execute(_NUMBERING, {"ids": [ids[key] for key in keys]})
         whole = [
             key
             for (key,) in conn.execute(
@@ -543,10 +589,11 @@ class DuckDBWarehouse(base.Warehouse):
         ]
         if not whole:
             return
-        self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, [path_of[k] for k in whole], whole)
+        self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, [path_of[k] for k in whole], whole, ids)
         undecodable = conn.execute(
-            "SELECT DISTINCT object_key FROM pe_lines_whole WHERE undecodable AND object_key IN (SELECT unnest($keys))",
-            {"keys": whole},
+            "SELECT DISTINCT k.object_key FROM pe_lines_whole JOIN pe_keys k USING (object_id) "
+            "WHERE undecodable AND object_id IN (SELECT unnest($ids))",
+            {"ids": [ids[key] for key in whole]},
         ).fetchall()
         if not undecodable:
             return
@@ -561,26 +608,34 @@ class DuckDBWarehouse(base.Warehouse):
                 log.warning("%s is not valid UTF-8: loading it with its bad bytes escaped", key)
                 copies.append(str(copy))
                 copy_keys.append(key)
-            self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, copies, copy_keys)
+            self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, copies, copy_keys, ids)
 
     def _classify(
-        self, conn: duckdb.DuckDBPyConnection, into: str, lines: str, paths: list[str], keys: list[str]
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        into: str,
+        lines: str,
+        paths: list[str],
+        keys: list[str],
+        ids: dict[str, int],
     ) -> None:
         """Read files' lines with the ``lines`` reader, parse each line once, and judge it by the load rules."""
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE pe_paths AS "
-            "SELECT unnest($paths::VARCHAR[]) AS path, unnest($keys::VARCHAR[]) AS object_key",
-            {"paths": paths, "keys": keys},
+            "SELECT unnest($paths::VARCHAR[]) AS path, unnest($ids::INTEGER[]) AS object_id, "
+            "unnest($keys::VARCHAR[]) AS object_key",
+            {"paths": paths, "ids": [ids[key] for key in keys], "keys": keys},
         )
         t = _T
         body_type = duckdb_type(PULL_BODY)
         text, frag = _string_value, _fragment
+        held_top, held_pull, held_policy = _held_keys()
         conn.execute(
             f"""
             {into}
             WITH split AS ({lines}
             ), raw AS (
-                SELECT f.object_key, s.undecodable, s.position, s.line,
+                SELECT f.object_id, f.object_key, s.undecodable, s.position, s.line,
                     NOT s.undecodable AND coalesce(
                         CASE WHEN length(s.line) > 8 THEN false ELSE trim(s.line, $blank) = '' END, true) AS blank,
                     TRY_CAST(s.line AS JSON) AS j
@@ -628,25 +683,45 @@ class DuckDBWarehouse(base.Warehouse):
                         AND {frag("p.data.body.policy_results")}[1] <> '[' THEN 'wrong_type:body.policy_results'
                     END AS reason
                 FROM typed
+            ), kept AS (
+                -- A good line keeps its raw_event when it has more keys than its columns hold (an unknown
+                -- extension, data field or claim, or a null value): key counts, one extra parse per line.
+                SELECT *,
+                    CASE WHEN reason IS NULL AND is_pull AND {frag("p.data.body.policy_results")} <> 'null'
+                        THEN from_json(p.data.body.policy_results, $policy_structure) END AS policies,
+                    reason IS NULL AND (
+                        coalesce(
+                            CASE WHEN is_pull THEN len(flatten(json_keys(j, $pull_key_paths)))
+                                ELSE len(json_keys(j)) END
+                            > {held_top} + CASE WHEN is_pull THEN {held_pull} ELSE 0 END,
+                            true)
+                        OR CASE WHEN policies IS NOT NULL THEN coalesce(
+                            list_sum(list_transform(json_keys(j, $policy_path), lambda keys: len(keys)))
+                            + len(list_filter(json_type(j, $policy_path), lambda t: t <> 'OBJECT'))
+                            > list_sum(list_transform(policies, lambda r: {held_policy})),
+                            true) ELSE false END
+                    ) AS keeps_raw
+                FROM judged
             )
             SELECT
-                object_key, coalesce(position, p.landing_line) AS position, undecodable, blank, reason,
-                j AS raw_event,
-                -- The rejected-events table keeps the line as landed; staging it here spares that insert a
-                -- scan of every line's raw_event.
+                object_id, coalesce(position, p.landing_line) AS position, undecodable, blank, reason,
+                CASE WHEN keeps_raw THEN j END AS raw_event,
+                CASE WHEN reason IS NULL AND NOT is_pull THEN json_extract(j, '$.data') END AS event_data,
+                -- The rejected-events table keeps the line as landed.
                 CASE WHEN reason IS NOT NULL THEN line END AS rejected_line,
-                coalesce(p.landing_object, object_key) AS landing_object,
+                CASE WHEN p.landing_object IS DISTINCT FROM object_key THEN p.landing_object END AS landing_object,
                 coalesce(p.landing_line, position) AS landing_line,
                 id AS event_id, source AS event_source, type AS event_type, p.subject AS event_subject,
                 TRY_CAST(time AS TIMESTAMPTZ) AS event_time, p."group" AS event_group,
-                TRY_CAST(p.received_at AS TIMESTAMPTZ) AS received_at, p.received_by,
+                p.specversion AS event_specversion, p.datacontenttype AS event_datacontenttype,
+                p.dataschema AS event_dataschema, p.audience AS event_audience, p.actor AS event_actor,
+                TRY_CAST(p.received_at AS TIMESTAMPTZ) AS received_at, p.received_by, p.body_sha256,
                 coalesce(is_pull, false) AS is_pull,
                 CASE WHEN reason IS NULL AND is_pull THEN p.data.actor END AS actor,
-                CASE WHEN reason IS NULL AND is_pull THEN CAST(struct_update(p.data.body, policy_results :=
-                    CASE WHEN {frag("p.data.body.policy_results")} <> 'null'
-                        THEN from_json(p.data.body.policy_results, $policy_structure) END) AS {body_type})
+                CASE WHEN reason IS NULL AND is_pull
+                    THEN CAST(struct_update(p.data.body, policy_results := policies) AS {body_type})
                 END AS body
-            FROM judged
+            FROM kept
             """,
             {
                 **({"paths": paths} if "$paths" in lines else {}),
@@ -654,6 +729,8 @@ class DuckDBWarehouse(base.Warehouse):
                 "type_paths": list(_TYPE_PATHS),
                 "structure": _LINE_STRUCTURE,
                 "policy_structure": _POLICY_RESULTS_STRUCTURE,
+                "pull_key_paths": _PULL_KEY_PATHS,
+                "policy_path": "$." + ".".join(_POLICIES) + "[*]",
                 "pull_type": base.PULL_TYPE,
                 "civil": _CIVIL_DATETIME,
             },

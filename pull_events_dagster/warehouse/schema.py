@@ -40,6 +40,11 @@ ENVELOPE: tuple[Column, ...] = (
     _s("event_subject", "CloudEvent subject (Ce-Subject): the repository UIDP for pulls"),
     Column("event_time", "TIMESTAMP", "CloudEvent time (Ce-Time)"),
     _s("event_group", "Chainguard group extension (Ce-Group): the organization id"),
+    _s("event_specversion", "CloudEvents spec version (Ce-Specversion)"),
+    _s("event_datacontenttype", "media type of the event data (Content-Type / datacontenttype)"),
+    _s("event_dataschema", "CloudEvent dataschema, when sent"),
+    _s("event_audience", "Chainguard audience extension (Ce-Audience)"),
+    _s("event_actor", "Chainguard actor extension (Ce-Actor): the service account that published the event"),
 )
 
 LINEAGE: tuple[Column, ...] = (
@@ -47,8 +52,15 @@ LINEAGE: tuple[Column, ...] = (
     _i("landing_line", "1-based line number within landing_object"),
     Column("received_at", "TIMESTAMP", "when the receiver accepted the event"),
     _s("received_by", "receiver instance that accepted the event"),
+    _s("body_sha256", "sha256 of the HTTP body the receiver accepted, as 'sha256:<hex>'"),
     Column("loaded_at", "TIMESTAMP", "when the pipeline loaded the event"),
-    Column("raw_event", "JSON", "the whole landed line: every attribute, extension and data field, unknown ones too"),
+    Column(
+        "raw_event",
+        "JSON",
+        "the whole landed line when the other columns do not hold all of it: a key no column holds (an unknown "
+        "extension, data field or claim) or a null value; NULL otherwise. Every line also stays in the landing "
+        "zone at landing_object / landing_line",
+    ),
 )
 
 ACTOR = Column(
@@ -60,7 +72,7 @@ ACTOR = Column(
         Column(
             "act",
             "RECORD",
-            "claims of the identity it assumed (all claims are kept in raw_event)",
+            "claims of the identity it assumed (claims without a field here keep the line in raw_event)",
             fields=tuple(
                 _s(n) for n in ("iss", "sub", "aud", "aws-arn", "aws-acct", "aws-userid", "email", "job_workflow_ref")
             ),
@@ -99,6 +111,46 @@ PULL_BODY = Column(
         ),
     ),
 )
+
+# A pull event's data as the pull table holds it: actor and body, key by key.
+PULL_DATA = Column("data", "RECORD", "the pull event's data", fields=(ACTOR, PULL_BODY))
+
+
+def nested_records(column: Column, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], Column]]:
+    """``column`` (a record found at key ``path`` of a line) and every non-repeated record in it, with their paths.
+
+    These are the JSON objects whose keys the columns hold one by one; a line whose objects have more keys
+    than that keeps raw_event.
+    """
+    if column.type != "RECORD" or column.mode == "REPEATED":
+        return []
+    found = [(path, column)]
+    for field in column.fields:
+        found += nested_records(field, (*path, field.name))
+    return found
+
+
+# The top-level keys of a landed line (CloudEvent attributes and extensions, then the receiver's own;
+# see pull_events/landing.py) and the column each is loaded into. ``data`` goes to the pull table's
+# actor and body, or to the events table's data. A line with any other key keeps raw_event.
+LINE_KEYS: dict[str, str] = {
+    "id": "event_id",
+    "source": "event_source",
+    "type": "event_type",
+    "subject": "event_subject",
+    "time": "event_time",
+    "group": "event_group",
+    "specversion": "event_specversion",
+    "datacontenttype": "event_datacontenttype",
+    "dataschema": "event_dataschema",
+    "audience": "event_audience",
+    "actor": "event_actor",
+    "landing_object": "landing_object",
+    "landing_line": "landing_line",
+    "received_at": "received_at",
+    "received_by": "received_by",
+    "body_sha256": "body_sha256",
+}
 
 TABLES: dict[str, tuple[Column, ...]] = {
     base.PULLS: (

@@ -17,12 +17,13 @@ from google.cloud import bigquery
 
 from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.bigquery import STAGING_PREFIX, BigQueryWarehouse
+from pull_events_dagster.warehouse.bigquery import STAGING_PREFIX, BigQueryWarehouse, table_schema
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from tests.bigquery.conftest import rows
 from tests.pipeline.factories import (
     PULL_TYPE,
     PUSH_TYPE,
+    RAW_EVENT_CASES,
     REJECTION_REASONS,
     REPO_CREATED_TYPE,
     LandingSpec,
@@ -303,6 +304,55 @@ def test_columns_follow_the_reference_schema_and_unknown_fields_are_kept(
     )
 
 
+def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_it(
+    warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
+) -> None:
+    events = [pull_event(facts("plain"), extra={"actor": "svc-publisher"})]
+    for n, change in enumerate(RAW_EVENT_CASES.values()):
+        event = pull_event(facts(f"r{n}"))
+        change(event)
+        events.append(event)
+    pulls = write_object(gcs_store, PULL_TYPE, events, T0, sequence=1)
+    plain_push = other_event(PUSH_TYPE, "p1", T0, {"anything": [1, {"goes": True}]})
+    extended_push = {**other_event(PUSH_TYPE, "p2", T0, {"x": 1}), "chainguarddev1webhook": "w-1"}
+    pushes = write_object(gcs_store, PUSH_TYPE, [plain_push, extended_push], T0, sequence=2)
+    result = warehouse.load_objects(gcs_store, objects(gcs_store, pulls, pushes), "run")
+
+    assert (result.pulls_inserted, result.events_inserted, result.lines_rejected) == (len(events), 2, 0)
+    landed = {key: gcs_store.read(key).decode().splitlines() for key in (pulls, pushes)}
+    kept = rows(warehouse, "SELECT landing_line, TO_JSON_STRING(raw_event) FROM {pulls}")
+    assert {line: raw and json.loads(raw) for line, raw in kept} == {
+        1: None,
+        **{line: json.loads(landed[pulls][line - 1]) for line in range(2, len(events) + 1)},
+    }
+    kept = rows(warehouse, "SELECT landing_line, TO_JSON_STRING(raw_event) FROM {events}")
+    assert {line: raw and json.loads(raw) for line, raw in kept} == {1: None, 2: json.loads(landed[pushes][1])}
+    [attributes] = rows(
+        warehouse,
+        """SELECT event_specversion, event_datacontenttype, event_dataschema, event_audience, event_actor,
+            body_sha256 FROM {pulls} WHERE landing_line = 1""",
+    )
+    sha = json.loads(landed[pulls][0])["body_sha256"]
+    assert attributes == ("1.0", "application/json", None, "customer", "svc-publisher", sha)
+
+
+def test_a_table_made_before_a_column_existed_gains_it_and_keeps_loading(
+    warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore, bq_client: bigquery.Client, dataset: str
+) -> None:
+    warehouse.ensure_tables()
+    earlier = [f for f in table_schema(base.PULLS) if f.name not in ("event_audience", "body_sha256")]
+    bq_client.delete_table(warehouse.table_id(base.PULLS))
+    bq_client.create_table(bigquery.Table(warehouse.table_id(base.PULLS), schema=earlier))
+    upgraded = BigQueryWarehouse(bq_client, dataset)  # a new process of the new version
+    key = write_object(gcs_store, PULL_TYPE, [pull_event(facts("m1"))], T0)
+
+    result = upgraded.load_objects(gcs_store, objects(gcs_store, key), "run")
+
+    assert result.pulls_inserted == 1
+    sha = json.loads(gcs_store.read(key).decode())["body_sha256"]
+    assert rows(upgraded, "SELECT event_audience, body_sha256 FROM {pulls}") == [("customer", sha)]
+
+
 def test_other_event_types_land_in_the_events_table(warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore) -> None:
     push = other_event(PUSH_TYPE, "p1", T0, {"body": {"repository": "acme.dev/go", "tag": "v1"}})
     created = other_event(REPO_CREATED_TYPE, "r1", T0, {"name": "go"})
@@ -563,7 +613,7 @@ def test_edge_values_are_judged_and_read_exactly_as_the_duckdb_warehouse_does(
         return judged
 
     columns = "event_time, event_group, repository, {when}, body.error.status, body.error IS NULL, {policies}, "
-    columns += "actor IS NULL, body.tag, body.method"
+    columns += "actor IS NULL, body.tag, body.method, raw_event IS NULL"
     duck_columns = columns.format(when='body."when"', policies="len(body.policy_results)")
     bigquery_columns = columns.format(when="body.`when`", policies="ARRAY_LENGTH(body.policy_results)")
     duck_outcomes = outcomes(

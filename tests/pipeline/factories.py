@@ -130,6 +130,36 @@ def pull_event(facts: PullFacts, *, extra: Mapping[str, Any] | None = None, dige
     return event
 
 
+def _set(path: str, value: object) -> Callable[[dict], None]:
+    """A change to one key of an event (``path`` dotted from the event's top level)."""
+
+    def change(event: dict) -> None:
+        *parents, last = path.split(".")
+        target = event
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+
+    return change
+
+
+# Changes to a pull event after which its columns no longer hold all of its line, so both warehouses must
+# keep the line in raw_event (an unchanged pull_event keeps none).
+RAW_EVENT_CASES: dict[str, Callable[[dict], None]] = {
+    "unknown extension": _set("chainguarddev1delivery", "d-1"),
+    "unknown data key": _set("data.trace", {"id": 1}),
+    "unknown actor key": _set("data.actor.kind", "user"),
+    "unknown claim": _set("data.actor.act.custom_claim", "c"),
+    "claims that are not an object": _set("data.actor.act", "not-an-object"),
+    "unknown body key": _set("data.body.future_field", [1]),
+    "unknown error key": _set("data.body.error", {"status": 500, "retry": True}),
+    "unknown policy key": _set("data.body.policy_results", [{"policy_id": "p", "extra": 1}]),
+    "policy not an object": _set("data.body.policy_results", [{"policy_id": "p"}, "odd"]),
+    "null value": _set("data.body.tag", None),
+    "null attribute": _set("subject", None),
+}
+
+
 def other_event(event_type: str, event_id: str, moment: datetime, data: Mapping[str, Any]) -> dict:
     """A CloudEvent of a type other than pulls."""
     return {

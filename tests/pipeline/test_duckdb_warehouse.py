@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import closing
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
     PULL_TYPE,
     PUSH_TYPE,
+    RAW_EVENT_CASES,
     REJECTION_REASONS,
     REPO_CREATED_TYPE,
     LandingSpec,
@@ -271,6 +273,76 @@ def test_columns_follow_the_reference_schema_and_unknown_fields_are_kept(
         "2",
         "kept",
     )
+
+
+def landed_lines(store: LocalLandingStore, key: str) -> list[str]:
+    """An object's lines exactly as landed."""
+    return store.read(key).decode().splitlines()
+
+
+def test_a_line_whose_every_field_has_a_column_keeps_no_raw_event(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    plain = pull_event(facts("k1"))
+    published = pull_event(facts("k2"), extra={"actor": "svc-publisher", "dataschema": "https://schema/pull"})
+    key = write_object(store, PULL_TYPE, [plain, published], T0)
+    warehouse.load_objects(store, objects(store, key), "run")
+
+    loaded = rows(
+        warehouse,
+        f"""SELECT event_id, event_specversion, event_datacontenttype, event_dataschema, event_audience,
+            event_actor, body_sha256, raw_event FROM {PULLS} ORDER BY event_id""",
+    )
+    sha = [json.loads(line)["body_sha256"] for line in landed_lines(store, key)]
+    assert loaded == [
+        ("k1", "1.0", "application/json", None, "customer", None, sha[0], None),
+        ("k2", "1.0", "application/json", "https://schema/pull", "customer", "svc-publisher", sha[1], None),
+    ]
+
+
+@pytest.mark.parametrize("change", RAW_EVENT_CASES.values(), ids=RAW_EVENT_CASES.keys())
+def test_a_line_keeps_its_raw_event_when_its_columns_cannot_hold_all_of_it(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse, change: Callable[[dict], object]
+) -> None:
+    odd = pull_event(facts("odd"))
+    change(odd)
+    key = write_object(store, PULL_TYPE, [pull_event(facts("plain")), odd], T0)
+    result = warehouse.load_objects(store, objects(store, key), "run")
+
+    assert (result.pulls_inserted, result.lines_rejected) == (2, 0)
+    kept = rows(warehouse, f"SELECT event_id, raw_event::VARCHAR FROM {PULLS} ORDER BY event_id")
+    assert kept == [("odd", landed_lines(store, key)[1]), ("plain", None)]
+
+
+def test_an_event_of_another_type_keeps_raw_event_only_for_keys_without_a_column(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    plain = other_event(PUSH_TYPE, "p1", T0, {"anything": [1, {"goes": True}]})
+    extended = {**other_event(PUSH_TYPE, "p2", T0, {"x": 1}), "chainguarddev1webhook": "w-1"}
+    key = write_object(store, PUSH_TYPE, [plain, extended], T0)
+    warehouse.load_objects(store, objects(store, key), "run")
+
+    loaded = rows(warehouse, f"SELECT event_id, data::VARCHAR, raw_event::VARCHAR FROM {EVENTS} ORDER BY event_id")
+    assert loaded == [
+        ("p1", '{"anything":[1,{"goes":true}]}', None),
+        ("p2", '{"x":1}', landed_lines(store, key)[1]),
+    ]
+
+
+def test_tables_made_before_a_column_existed_gain_it_and_keep_loading(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    warehouse.ensure_tables()
+    with warehouse.session() as conn:  # the pull table as an earlier version made it
+        for column in ("event_audience", "body_sha256"):
+            conn.execute(f"ALTER TABLE {PULLS} DROP COLUMN {column}")
+    key = write_object(store, PULL_TYPE, [pull_event(facts("m1"))], T0)
+
+    result = warehouse.load_objects(store, objects(store, key), "run")
+
+    assert result.pulls_inserted == 1
+    [(audience, sha)] = rows(warehouse, f"SELECT event_audience, body_sha256 FROM {PULLS}")
+    assert (audience, sha) == ("customer", json.loads(landed_lines(store, key)[0])["body_sha256"])
 
 
 def test_other_event_types_land_in_the_events_table(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
