@@ -189,14 +189,21 @@ def _key_count(json_expr: str) -> str:
     return f"IF(JSON_TYPE({json_expr}) = 'object', ARRAY_LENGTH(JSON_KEYS({json_expr}, 1)), 0)"
 
 
-def keeps_raw_event(o: str, is_pull: str) -> str:
+def keeps_raw_event(o: str, is_pull: bool) -> str:
     """SQL: whether a good line keeps its text in raw_event: it has more keys than its columns hold.
 
     Keys are counted at the top level and, for a pull, in every object of its data that columns hold key by
     key (and each policy result, a non-object one counting as a key no column holds).
     """
-    top_keys = _key_count(o)
-    top_held = _count(f"{json_type(o, (key,))} != 'null'" for key in (*LINE_KEYS, "data"))
+    # Held means its column has it: a received_at or landing_line of the wrong kind would be NULL there.
+    typed = {
+        "received_at": f"{timestamp_from_text(json_text(o, ('received_at',)))} IS NOT NULL",
+        "landing_line": f"SAFE_CAST(JSON_VALUE({o}, '$.landing_line') AS INT64) IS NOT NULL",
+    }
+    top_held = _count(typed.get(key, f"{json_type(o, (key,))} != 'null'") for key in (*LINE_KEYS, "data"))
+    top = f"{_key_count(o)} > {top_held}"
+    if not is_pull:
+        return f"({top})"
     objects = nested_records(PULL_DATA, ("data",))
     pull_keys = " + ".join(_key_count(f"JSON_QUERY({o}, {json_path(path)})") for path, _ in objects)
     pull_held = " + ".join(_count(_held(o, (*path, f.name), f) for f in column.fields) for path, column in objects)
@@ -205,8 +212,8 @@ def keeps_raw_event(o: str, is_pull: str) -> str:
     policy_keys = "IF(JSON_TYPE(e) = 'object', ARRAY_LENGTH(JSON_KEYS(e, 1)), 1)"
     policy_held = _count(_held("e", (f.name,), f) for f in policy_fields)
     return (
-        f"({top_keys} > {top_held} OR {is_pull} AND ({pull_keys} > {pull_held} OR IFNULL((SELECT SUM({policy_keys})"
-        f" - SUM({policy_held}) FROM UNNEST(JSON_QUERY_ARRAY({o}, {json_path(policies)})) AS e), 0) > 0))"
+        f"({top} OR {pull_keys} > {pull_held} OR IFNULL((SELECT SUM({policy_keys}) - SUM({policy_held}) "
+        f"FROM UNNEST(JSON_QUERY_ARRAY({o}, {json_path(policies)})) AS e), 0) > 0)"
     )
 
 
@@ -318,14 +325,24 @@ class BigQueryWarehouse(base.Warehouse):
         table = self.client.get_table(self.table_id(name), retry=self.retry)
         present = {field.name for field in table.schema}
         missing = [field for field in table_schema(name) if field.name not in present]
-        if missing:  # BigQuery adds only NULLABLE (or REPEATED) columns: columns added later must be nullable
-            self.query(
-                "".join(
-                    f"ALTER TABLE `{self.table_id(name)}` ADD COLUMN IF NOT EXISTS {ident(f.name)} {sql_type(f)} "
-                    f"OPTIONS(description={sql_literal(f.description or '')});\n"
-                    for f in missing
-                )
-            )
+        if not missing:
+            return
+        # BigQuery adds only NULLABLE (or REPEATED) columns: columns added later must be nullable. Old rows kept
+        # their whole line in raw_event, so a new column holding a line key is filled from it.
+        table_ref = f"`{self.table_id(name)}`"
+        line_key_of = {column: key for key, column in LINE_KEYS.items()}
+        statements = [
+            f"ALTER TABLE {table_ref} ADD COLUMN IF NOT EXISTS {ident(f.name)} {sql_type(f)} "
+            f"OPTIONS(description={sql_literal(f.description or '')});\n"
+            for f in missing
+        ]
+        statements += [
+            f"UPDATE {table_ref} SET {ident(f.name)} = {json_text('raw_event', (line_key_of[f.name],))} "
+            "WHERE raw_event IS NOT NULL;\n"
+            for f in missing
+            if f.name in line_key_of and f.field_type == "STRING" and "raw_event" in present
+        ]
+        self.query("".join(statements))
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -467,7 +484,7 @@ class BigQueryWarehouse(base.Warehouse):
                 **{c: c for c in ("landing_object", "landing_line", "received_at", "received_by", "body_sha256")},
                 "loaded_at": "v_loaded_at",
                 # Read only for the rows merged: the rows of one kind, all of them good lines.
-                "raw_event": f"IF(IFNULL({keeps_raw_event(o, sql_literal(table == base.PULLS))}, TRUE), {o}, NULL)",
+                "raw_event": f"IF(IFNULL({keeps_raw_event(o, table == base.PULLS)}, TRUE), {o}, NULL)",
             }
             columns = [ident(c.name) for c in TABLES[table]]
             select = ", ".join(f"{sources[c.name]} AS {ident(c.name)}" for c in TABLES[table])
@@ -522,8 +539,8 @@ WITH raw AS (
       WHEN {jt("data", "body", "repository")} = 'null' THEN 'missing_field:body.repository'
       WHEN NOT IFNULL(REGEXP_CONTAINS({when_text}, r'{CIVIL_DATETIME}'), FALSE)
         OR SAFE_CAST({when_text} AS DATETIME) IS NULL THEN 'invalid_value:body.when'
-      WHEN {jt(*status)} != 'null' AND NOT REGEXP_CONTAINS({scalar_json(*status)}, r'^-?[0-9]+$')
-        THEN 'wrong_type:body.error.status'
+      WHEN {jt(*status)} != 'null' AND (NOT REGEXP_CONTAINS({scalar_json(*status)}, r'^-?[0-9]+$')
+        OR SAFE_CAST(JSON_VALUE(o, {json_path(status)}) AS INT64) IS NULL) THEN 'wrong_type:body.error.status'
       WHEN {jt("data", "actor")} NOT IN ('null', 'object') THEN 'wrong_type:actor'
       WHEN {jt("data", "body", "policy_results")} NOT IN ('null', 'array') THEN 'wrong_type:body.policy_results'
     END AS reason

@@ -124,6 +124,7 @@ _LINE_STRUCTURE = json.dumps(_LINE_SHAPE)
 _PULL_OBJECTS = nested_records(PULL_DATA, ("data",))
 _PULL_KEY_PATHS = ["$", *("$." + ".".join(quote(key) for key in path) for path, _ in _PULL_OBJECTS)]
 _POLICIES = ("data", "body", "policy_results")
+_RECEIVED_AT = "TRY_CAST(p.received_at AS TIMESTAMPTZ)"
 _POLICY_FIELDS = next(f for f in PULL_BODY.fields if f.name == "policy_results").fields
 
 
@@ -145,7 +146,9 @@ def _count_held(value: str, fields: Sequence[Column]) -> str:
 
 def _held_keys() -> tuple[str, str, str]:
     """SQL: the keys a line's columns hold: its top level, a pull line's data objects, one policy result ``r``."""
-    top = " + ".join(f"CAST(p.{quote(key)} IS NOT NULL AS INTEGER)" for key in (*LINE_KEYS, "data"))
+    # Held means its column has it: a received_at that is not a time would be NULL there.
+    read = {key: f"p.{quote(key)}" for key in (*LINE_KEYS, "data")} | {"received_at": _RECEIVED_AT}
+    top = " + ".join(f"CAST({value} IS NOT NULL AS INTEGER)" for value in read.values())
     pull = " + ".join(_count_held("p." + ".".join(map(quote, path)), column.fields) for path, column in _PULL_OBJECTS)
     return top, pull, _count_held("r", _POLICY_FIELDS)
 
@@ -335,19 +338,29 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
         for table in TABLES:
             conn.execute(table_ddl(self.schema, table))
-        # Tables made by an earlier version get the columns added since (new columns are NULL in old rows).
+        # Tables made by an earlier version get the columns added since. Old rows kept their whole line in
+        # raw_event, so a new column holding a line key is filled from it.
         present = set(
             conn.execute(
                 "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = $schema",
                 {"schema": self.schema},
             ).fetchall()
         )
+        line_key_of = {column: key for key, column in LINE_KEYS.items()}
         for table, columns in TABLES.items():
             for column in columns:
-                if (table, column.name) not in present:
-                    # Old rows have no value for it: a column added later cannot be NOT NULL.
-                    ddl = column_ddl(column).replace(" NOT NULL", "")
-                    conn.execute(f"ALTER TABLE {self._table(table)} ADD COLUMN {ddl}")
+                if (table, column.name) in present:
+                    continue
+                # Old rows may have no value for it: a column added later cannot be NOT NULL.
+                conn.execute(
+                    f"ALTER TABLE {self._table(table)} ADD COLUMN {column_ddl(column).replace(' NOT NULL', '')}"
+                )
+                if column.name in line_key_of and column.type == "STRING" and (table, "raw_event") in present:
+                    conn.execute(
+                        f"UPDATE {self._table(table)} SET {quote(column.name)} = json_extract_string(raw_event, $path) "
+                        "WHERE raw_event IS NOT NULL",
+                        {"path": f'$."{line_key_of[column.name]}"'},
+                    )
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -377,7 +390,7 @@ class DuckDBWarehouse(base.Warehouse):
                 self._stage_lines(conn, store, todo)
                 conn.execute("BEGIN TRANSACTION")
                 try:
-                    self._write_rows(conn, [o.key for o in todo], self._next_loaded_at(conn), run_id)
+                    self._write_rows(conn, self._next_loaded_at(conn), run_id)
                     totals = _Totals.read(conn)
                     conn.execute("COMMIT")
                 except BaseException:
@@ -434,8 +447,8 @@ class DuckDBWarehouse(base.Warehouse):
         if group:
             yield self._downloaded(store, group)
 
-    def _write_rows(self, conn: duckdb.DuckDBPyConnection, keys: list[str], loaded_at: datetime, run_id: str) -> None:
-        """Write the staged lines' rows and the objects' ledger entries (the caller holds the transaction)."""
+    def _write_rows(self, conn: duckdb.DuckDBPyConnection, loaded_at: datetime, run_id: str) -> None:
+        """Write the staged lines' rows and their objects' ledger entries (the caller holds the transaction)."""
         pulls, events, rejected = self._table(base.PULLS), self._table(base.EVENTS), self._table(base.REJECTED)
         # One row per (kind, source, id): the first copy by (received_at, landing_object, landing_line),
         # unless the key is already in its table. Only the losers are collected (later copies of a key
@@ -676,7 +689,8 @@ class DuckDBWarehouse(base.Warehouse):
                     WHEN p.data.body."when" IS NULL OR NOT regexp_full_match(p.data.body."when", $civil)
                         OR TRY_CAST(p.data.body."when" AS TIMESTAMP) IS NULL THEN 'invalid_value:body.when'
                     WHEN {frag("p.data.body.error.status")} <> 'null'
-                        AND NOT regexp_full_match({frag("p.data.body.error.status")}, '-?[0-9]+')
+                        AND (NOT regexp_full_match({frag("p.data.body.error.status")}, '-?[0-9]+')
+                            OR TRY_CAST({frag("p.data.body.error.status")} AS BIGINT) IS NULL)
                         THEN 'wrong_type:body.error.status'
                     WHEN coalesce(types[{t["$.data.actor"]}], 'NULL') NOT IN ('NULL', 'OBJECT') THEN 'wrong_type:actor'
                     WHEN {frag("p.data.body.policy_results")} <> 'null'
@@ -685,7 +699,8 @@ class DuckDBWarehouse(base.Warehouse):
                 FROM typed
             ), kept AS (
                 -- A good line keeps its raw_event when it has more keys than its columns hold (an unknown
-                -- extension, data field or claim, or a null value): key counts, one extra parse per line.
+                -- extension, data field or claim, or a null value): key counts, one more parse per line
+                -- (three for a line with policy results).
                 SELECT *,
                     CASE WHEN reason IS NULL AND is_pull AND {frag("p.data.body.policy_results")} <> 'null'
                         THEN from_json(p.data.body.policy_results, $policy_structure) END AS policies,
@@ -696,9 +711,9 @@ class DuckDBWarehouse(base.Warehouse):
                             > {held_top} + CASE WHEN is_pull THEN {held_pull} ELSE 0 END,
                             true)
                         OR CASE WHEN policies IS NOT NULL THEN coalesce(
-                            list_sum(list_transform(json_keys(j, $policy_path), lambda keys: len(keys)))
+                            coalesce(list_sum(list_transform(json_keys(j, $policy_path), lambda keys: len(keys))), 0)
                             + len(list_filter(json_type(j, $policy_path), lambda t: t <> 'OBJECT'))
-                            > list_sum(list_transform(policies, lambda r: {held_policy})),
+                            > coalesce(list_sum(list_transform(policies, lambda r: {held_policy})), 0),
                             true) ELSE false END
                     ) AS keeps_raw
                 FROM judged
@@ -715,7 +730,7 @@ class DuckDBWarehouse(base.Warehouse):
                 TRY_CAST(time AS TIMESTAMPTZ) AS event_time, p."group" AS event_group,
                 p.specversion AS event_specversion, p.datacontenttype AS event_datacontenttype,
                 p.dataschema AS event_dataschema, p.audience AS event_audience, p.actor AS event_actor,
-                TRY_CAST(p.received_at AS TIMESTAMPTZ) AS received_at, p.received_by, p.body_sha256,
+                {_RECEIVED_AT} AS received_at, p.received_by, p.body_sha256,
                 coalesce(is_pull, false) AS is_pull,
                 CASE WHEN reason IS NULL AND is_pull THEN p.data.actor END AS actor,
                 CASE WHEN reason IS NULL AND is_pull

@@ -21,6 +21,7 @@ from pull_events_dagster.warehouse.bigquery import STAGING_PREFIX, BigQueryWareh
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from tests.bigquery.conftest import rows
 from tests.pipeline.factories import (
+    HELD_CASES,
     PULL_TYPE,
     PUSH_TYPE,
     RAW_EVENT_CASES,
@@ -308,7 +309,7 @@ def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
 ) -> None:
     events = [pull_event(facts("plain"), extra={"actor": "svc-publisher"})]
-    for n, change in enumerate(RAW_EVENT_CASES.values()):
+    for n, change in enumerate([*RAW_EVENT_CASES.values(), *HELD_CASES.values()]):
         event = pull_event(facts(f"r{n}"))
         change(event)
         events.append(event)
@@ -321,9 +322,9 @@ def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_
     assert (result.pulls_inserted, result.events_inserted, result.lines_rejected) == (len(events), 2, 0)
     landed = {key: gcs_store.read(key).decode().splitlines() for key in (pulls, pushes)}
     kept = rows(warehouse, "SELECT landing_line, TO_JSON_STRING(raw_event) FROM {pulls}")
+    kept_lines = range(2, len(RAW_EVENT_CASES) + 2)
     assert {line: raw and json.loads(raw) for line, raw in kept} == {
-        1: None,
-        **{line: json.loads(landed[pulls][line - 1]) for line in range(2, len(events) + 1)},
+        line: json.loads(landed[pulls][line - 1]) if line in kept_lines else None for line in range(1, len(events) + 1)
     }
     kept = rows(warehouse, "SELECT landing_line, TO_JSON_STRING(raw_event) FROM {events}")
     assert {line: raw and json.loads(raw) for line, raw in kept} == {1: None, 2: json.loads(landed[pushes][1])}
@@ -336,13 +337,18 @@ def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_
     assert attributes == ("1.0", "application/json", None, "customer", "svc-publisher", sha)
 
 
-def test_a_table_made_before_a_column_existed_gains_it_and_keeps_loading(
+def test_a_table_made_before_a_column_existed_gains_it_filled_from_raw_event_and_keeps_loading(
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore, bq_client: bigquery.Client, dataset: str
 ) -> None:
     warehouse.ensure_tables()
     earlier = [f for f in table_schema(base.PULLS) if f.name not in ("event_audience", "body_sha256")]
     bq_client.delete_table(warehouse.table_id(base.PULLS))
     bq_client.create_table(bigquery.Table(warehouse.table_id(base.PULLS), schema=earlier))
+    old_line = json.dumps({"id": "m0", "source": "cgr.dev", "audience": "customer", "body_sha256": "sha256:0"})
+    warehouse.query(
+        f"INSERT INTO `{warehouse.table_id(base.PULLS)}` (event_id, event_source, raw_event) "
+        f"VALUES ('m0', 'cgr.dev', PARSE_JSON({json.dumps(old_line)}))"
+    )  # a row an earlier version loaded, its whole line in raw_event
     upgraded = BigQueryWarehouse(bq_client, dataset)  # a new process of the new version
     key = write_object(gcs_store, PULL_TYPE, [pull_event(facts("m1"))], T0)
 
@@ -350,7 +356,8 @@ def test_a_table_made_before_a_column_existed_gains_it_and_keeps_loading(
 
     assert result.pulls_inserted == 1
     sha = json.loads(gcs_store.read(key).decode())["body_sha256"]
-    assert rows(upgraded, "SELECT event_audience, body_sha256 FROM {pulls}") == [("customer", sha)]
+    found = rows(upgraded, "SELECT event_id, event_audience, body_sha256 FROM {pulls} ORDER BY event_id")
+    assert found == [("m0", "customer", "sha256:0"), ("m1", "customer", sha)]
 
 
 def test_other_event_types_land_in_the_events_table(warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore) -> None:
@@ -588,6 +595,8 @@ EDGE_CASES: dict[str, Callable[[dict], None]] = {
     "tag is a boolean": lambda e: e["data"]["body"].update(tag=True),
     "method is an object": lambda e: e["data"]["body"].update(method={"x": [1]}),
     "group is a number": lambda e: e.update(group=7),
+    "status beyond int64": lambda e: e["data"]["body"].update(error={"status": 99999999999999999999}),
+    "policy results empty": lambda e: e["data"]["body"].update(policy_results=[]),
 }
 
 
@@ -633,6 +642,7 @@ def test_edge_values_are_judged_and_read_exactly_as_the_duckdb_warehouse_does(
         "when with a zone": "invalid_value:body.when",
         "when with 7 digits": "invalid_value:body.when",
         "status is a float": "wrong_type:body.error.status",
+        "status beyond int64": "wrong_type:body.error.status",
     }
     # DuckDB stores no empty lists: an absent or empty array has no length there, and length 0 in BigQuery.
     for n, name in enumerate(EDGE_CASES, 1):

@@ -19,6 +19,7 @@ from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, LandingObjectMissing, WarehouseLocked
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
+    HELD_CASES,
     PULL_TYPE,
     PUSH_TYPE,
     RAW_EVENT_CASES,
@@ -300,18 +301,24 @@ def test_a_line_whose_every_field_has_a_column_keeps_no_raw_event(
     ]
 
 
-@pytest.mark.parametrize("change", RAW_EVENT_CASES.values(), ids=RAW_EVENT_CASES.keys())
-def test_a_line_keeps_its_raw_event_when_its_columns_cannot_hold_all_of_it(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse, change: Callable[[dict], object]
+@pytest.mark.parametrize(
+    ("change", "kept"),
+    [
+        *(pytest.param(change, True, id=name) for name, change in RAW_EVENT_CASES.items()),
+        *(pytest.param(change, False, id=name) for name, change in HELD_CASES.items()),
+    ],
+)
+def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_it(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse, change: Callable[[dict], object], kept: bool
 ) -> None:
-    odd = pull_event(facts("odd"))
-    change(odd)
-    key = write_object(store, PULL_TYPE, [pull_event(facts("plain")), odd], T0)
+    changed = pull_event(facts("changed"))
+    change(changed)
+    key = write_object(store, PULL_TYPE, [pull_event(facts("plain")), changed], T0)
     result = warehouse.load_objects(store, objects(store, key), "run")
 
     assert (result.pulls_inserted, result.lines_rejected) == (2, 0)
-    kept = rows(warehouse, f"SELECT event_id, raw_event::VARCHAR FROM {PULLS} ORDER BY event_id")
-    assert kept == [("odd", landed_lines(store, key)[1]), ("plain", None)]
+    found = rows(warehouse, f"SELECT event_id, raw_event::VARCHAR FROM {PULLS} ORDER BY event_id")
+    assert found == [("changed", landed_lines(store, key)[1] if kept else None), ("plain", None)]
 
 
 def test_an_event_of_another_type_keeps_raw_event_only_for_keys_without_a_column(
@@ -329,20 +336,22 @@ def test_an_event_of_another_type_keeps_raw_event_only_for_keys_without_a_column
     ]
 
 
-def test_tables_made_before_a_column_existed_gain_it_and_keep_loading(
+def test_tables_made_before_a_column_existed_gain_it_filled_from_raw_event_and_keep_loading(
     store: LocalLandingStore, warehouse: DuckDBWarehouse
 ) -> None:
-    warehouse.ensure_tables()
+    old = write_object(store, PULL_TYPE, [pull_event(facts("m0"), extra={"chainguarddev1delivery": "d"})], T0)
+    warehouse.load_objects(store, objects(store, old), "run-1")
     with warehouse.session() as conn:  # the pull table as an earlier version made it
         for column in ("event_audience", "body_sha256"):
             conn.execute(f"ALTER TABLE {PULLS} DROP COLUMN {column}")
-    key = write_object(store, PULL_TYPE, [pull_event(facts("m1"))], T0)
+    new = write_object(store, PULL_TYPE, [pull_event(facts("m1"))], T0 + timedelta(seconds=1), sequence=1)
 
-    result = warehouse.load_objects(store, objects(store, key), "run")
+    result = warehouse.load_objects(store, objects(store, new), "run-2")
 
     assert result.pulls_inserted == 1
-    [(audience, sha)] = rows(warehouse, f"SELECT event_audience, body_sha256 FROM {PULLS}")
-    assert (audience, sha) == ("customer", json.loads(landed_lines(store, key)[0])["body_sha256"])
+    sha = {key: json.loads(landed_lines(store, key)[0])["body_sha256"] for key in (old, new)}
+    found = rows(warehouse, f"SELECT event_id, event_audience, body_sha256 FROM {PULLS} ORDER BY event_id")
+    assert found == [("m0", "customer", sha[old]), ("m1", "customer", sha[new])]
 
 
 def test_other_event_types_land_in_the_events_table(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
