@@ -81,6 +81,7 @@ class PipelineSettings:
     lateness_seconds: int
     max_objects_per_run: int
     rejected_rate_threshold: float
+    raw_event_rate_threshold: float
     freshness_minutes: int
 
 
@@ -166,6 +167,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
         max_objects_per_run=_int(env, "PULL_EVENTS_MAX_OBJECTS_PER_RUN", 500, minimum=1),
         rejected_rate_threshold=_float(env, "PULL_EVENTS_MAX_REJECTED_RATE", 0.01, minimum=0.0, maximum=1.0),
+        raw_event_rate_threshold=_float(env, "PULL_EVENTS_MAX_RAW_EVENT_RATE", 0.1, minimum=0.0, maximum=1.0),
         freshness_minutes=_int(env, "PULL_EVENTS_FRESHNESS_MINUTES", 60, minimum=1),
     )
     return Settings(

@@ -69,6 +69,7 @@ def test_receiver_requires_the_group_while_auth_is_on_but_the_pipeline_does_not(
         ("PULL_EVENTS_MAX_BODY_BYTES", "100"),
         ("PULL_EVENTS_BATCH_MAX_WAIT_MS", "-1"),
         ("PULL_EVENTS_MAX_REJECTED_RATE", "1.5"),
+        ("PULL_EVENTS_MAX_RAW_EVENT_RATE", "-0.1"),
     ],
 )
 def test_invalid_setting_is_refused_naming_the_variable(variable: str, value: str) -> None:

@@ -15,11 +15,13 @@ UNIQUE = "source_id_unique"
 REQUIRED = "required_fields_present"
 RECONCILED = "landed_lines_reconciled"
 REJECTED_RATE = "rejected_rate_below_threshold"
+RAW_EVENT_RATE = "fields_without_columns_rare"
 
 
 def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
-    """The warehouse checks, with the rejected-rate threshold from the settings."""
+    """The warehouse checks, with the rejected-line and raw_event rate thresholds from the settings."""
     threshold = settings.pipeline.rejected_rate_threshold
+    raw_threshold = settings.pipeline.raw_event_rate_threshold
 
     @dg.multi_asset_check(
         specs=[
@@ -42,6 +44,14 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 REJECTED_RATE,
                 asset=REJECTED_KEY,
                 description=f"Rejected lines are at most {threshold:.2%} of all landed lines.",
+            ),
+            dg.AssetCheckSpec(
+                RAW_EVENT_RATE,
+                asset=PULLS_KEY,
+                description=(
+                    f"At most {raw_threshold:.0%} of pull rows keep raw_event, i.e. carry fields no column holds. "
+                    "More means Chainguard sends a field routinely that deserves a column (see its metadata)."
+                ),
             ),
         ],
         pool=WAREHOUSE_POOL,
@@ -79,6 +89,21 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 "total_lines": figures.total_lines,
                 "rejected_rate": rate,
                 "threshold": threshold,
+            },
+        )
+        raw_rate = figures.rows_with_raw_event / figures.pull_rows if figures.pull_rows else 0.0
+        yield dg.AssetCheckResult(
+            check_name=RAW_EVENT_RATE,
+            asset_key=PULLS_KEY,
+            passed=raw_rate <= raw_threshold,
+            # Nothing is lost (the fields are in raw_event): a schema to extend, not a halt.
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "rows_with_raw_event": figures.rows_with_raw_event,
+                "pull_rows": figures.pull_rows,
+                "raw_event_rate": raw_rate,
+                "threshold": raw_threshold,
+                "keys_without_column": dg.MetadataValue.json(figures.keys_without_column),
             },
         )
 

@@ -60,6 +60,10 @@ class CheckFigures:
     accounted_lines: int  # rows loaded + duplicates skipped + rejected, per the ledger
     rejected_lines: int
     total_lines: int
+    pull_rows: int = 0
+    rows_with_raw_event: int = 0  # pull rows whose line holds something no column does
+    # Top-level keys without a column in the latest such rows, with how many of them carry each.
+    keys_without_column: dict[str, int] = field(default_factory=dict)
 
 
 class Warehouse(ABC):

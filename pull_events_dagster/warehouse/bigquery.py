@@ -60,11 +60,13 @@ from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     ENVELOPE,
+    KEY_SAMPLE_ROWS,
     LINE_KEYS,
     PULL_BODY,
     PULL_DATA,
     TABLES,
     Column,
+    known_keys,
     nested_records,
 )
 
@@ -727,6 +729,22 @@ SELECT
 FROM {ledger}
 """
         )[0]
+        raw = self.query(f"SELECT COUNT(*) AS pull_rows, COUNT(raw_event) AS with_raw FROM {pulls}")[0]
+        # The keys without a column, named by where they sit: the ones to give a column if they come often.
+        per_level = " UNION ALL ".join(
+            f"SELECT CONCAT({sql_literal(''.join(f'{key}.' for key in path))}, key) AS key FROM sample, "
+            f"UNNEST(JSON_KEYS({f'JSON_QUERY(raw_event, {json_path(path)})' if path else 'raw_event'}, 1)) AS key "
+            f"WHERE key NOT IN UNNEST({sql_literal(list(known))})"
+            for path, known in known_keys()
+        )
+        keys = self.query(
+            f"""
+WITH sample AS (
+  SELECT raw_event FROM {pulls} WHERE raw_event IS NOT NULL ORDER BY loaded_at DESC LIMIT {KEY_SAMPLE_ROWS}
+)
+SELECT key, COUNT(*) AS n FROM ({per_level}) GROUP BY key ORDER BY n DESC, key LIMIT 10
+"""
+        )
         return base.CheckFigures(
             duplicate_keys=row["duplicate_keys"],
             missing_required=row["missing_required"],
@@ -734,6 +752,9 @@ FROM {ledger}
             accounted_lines=row["accounted"],
             rejected_lines=row["rejected"],
             total_lines=row["landed"],
+            pull_rows=raw["pull_rows"],
+            rows_with_raw_event=raw["with_raw"],
+            keys_without_column={r["key"]: r["n"] for r in keys},
         )
 
     def row_count(self, table: str) -> int:

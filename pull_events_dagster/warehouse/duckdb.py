@@ -37,11 +37,13 @@ from pull_events.landing import LandedObject, LandingStore
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
+    KEY_SAMPLE_ROWS,
     LINE_KEYS,
     PULL_BODY,
     PULL_DATA,
     TABLES,
     Column,
+    known_keys,
     nested_records,
 )
 
@@ -866,6 +868,31 @@ class DuckDBWarehouse(base.Warehouse):
                 FROM {ledger}
                 """
             ).fetchone()
+            pull_rows, with_raw = conn.execute(f"SELECT count(*), count(raw_event) FROM {pulls}").fetchone()
+            # The keys without a column, named by where they sit: the ones to give a column if they come often.
+            levels = known_keys()
+            per_level = " UNION ALL ".join(
+                f"SELECT $prefix{n} || key AS key "
+                f"FROM (SELECT unnest(json_keys(raw_event, $path{n})) AS key FROM sample) "
+                f"WHERE NOT list_contains($known{n}, key)"
+                for n in range(len(levels))
+            )
+            parameters: dict[str, object] = {"n": KEY_SAMPLE_ROWS}
+            for n, (path, known) in enumerate(levels):
+                parameters |= {
+                    f"prefix{n}": "".join(f"{key}." for key in path),
+                    f"path{n}": "$" + "".join(f".{quote(key)}" for key in path),
+                    f"known{n}": list(known),
+                }
+            keys = conn.execute(
+                f"""
+                WITH sample AS (
+                    SELECT raw_event FROM {pulls} WHERE raw_event IS NOT NULL ORDER BY loaded_at DESC LIMIT $n
+                )
+                SELECT key, count(*) FROM ({per_level}) GROUP BY key ORDER BY count(*) DESC, key LIMIT 10
+                """,
+                parameters,
+            ).fetchall()
         duplicate_keys, missing, landed, accounted, rejected = (int(v) for v in row)
         return base.CheckFigures(
             duplicate_keys=duplicate_keys,
@@ -874,6 +901,9 @@ class DuckDBWarehouse(base.Warehouse):
             accounted_lines=accounted,
             rejected_lines=rejected,
             total_lines=landed,
+            pull_rows=int(pull_rows),
+            rows_with_raw_event=int(with_raw),
+            keys_without_column={key: int(count) for key, count in keys},
         )
 
     def row_count(self, table: str) -> int:

@@ -152,6 +152,17 @@ LINE_KEYS: dict[str, str] = {
     "body_sha256": "body_sha256",
 }
 
+
+def known_keys() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Each object of a pull line whose keys the columns hold one by one (its key path) and those keys."""
+    levels = [((), (*LINE_KEYS, "data"))]
+    levels += [(path, tuple(f.name for f in column.fields)) for path, column in nested_records(PULL_DATA, ("data",))]
+    return levels
+
+
+# How many of the latest rows that keep raw_event the checks read to name the keys without a column.
+KEY_SAMPLE_ROWS = 10_000
+
 TABLES: dict[str, tuple[Column, ...]] = {
     base.PULLS: (
         *ENVELOPE,

@@ -21,6 +21,7 @@ from pull_events_dagster.warehouse.bigquery import STAGING_PREFIX, BigQueryWareh
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from tests.bigquery.conftest import rows
 from tests.pipeline.factories import (
+    EXPECTED_KEYS_WITHOUT_COLUMN,
     HELD_CASES,
     PULL_TYPE,
     PUSH_TYPE,
@@ -29,6 +30,7 @@ from tests.pipeline.factories import (
     REPO_CREATED_TYPE,
     LandingSpec,
     RawLine,
+    events_with_fields_without_columns,
     landed_line,
     other_event,
     poison_event,
@@ -335,6 +337,18 @@ def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_
     )
     sha = json.loads(landed[pulls][0])["body_sha256"]
     assert attributes == ("1.0", "application/json", None, "customer", "svc-publisher", sha)
+
+
+def test_the_check_figures_count_the_rows_with_raw_event_and_name_the_keys_without_a_column(
+    warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
+) -> None:
+    key = write_object(gcs_store, PULL_TYPE, events_with_fields_without_columns(), T0)
+    warehouse.load_objects(gcs_store, objects(gcs_store, key), "run")
+
+    figures = warehouse.check_figures()
+
+    assert (figures.pull_rows, figures.rows_with_raw_event) == (6, 3)
+    assert figures.keys_without_column == EXPECTED_KEYS_WITHOUT_COLUMN
 
 
 def test_a_table_made_before_a_column_existed_gains_it_filled_from_raw_event_and_keeps_loading(

@@ -159,6 +159,39 @@ RAW_EVENT_CASES: dict[str, Callable[[dict], None]] = {
     "null attribute": _set("subject", None),
 }
 
+
+def events_with_fields_without_columns() -> list[dict]:
+    """Six pulls, three of them with fields no column holds: the check figures name those fields."""
+    events = [pull_event(_facts_for(f"c{n}")) for n in range(6)]
+    events[0]["chainguarddev1delivery"] = "d-0"
+    events[1]["chainguarddev1delivery"] = "d-1"
+    events[1]["data"]["body"]["future_field"] = 1
+    events[2]["data"]["actor"]["act"]["custom_claim"] = "c"
+    return events
+
+
+def _facts_for(event_id: str) -> PullFacts:
+    return PullFacts(
+        "cgr.dev",
+        event_id,
+        "acme.dev/python",
+        datetime(2026, 11, 18, 9, 30),
+        "GET",
+        "manifest",
+        "latest",
+        None,
+        "actor-1",
+        "10.0.0.1",
+    )
+
+
+EXPECTED_KEYS_WITHOUT_COLUMN = {
+    "chainguarddev1delivery": 2,
+    "data.actor.act.custom_claim": 1,
+    "data.body.future_field": 1,
+}
+
+
 # Changes after which the columns still hold the whole line: no raw_event.
 HELD_CASES: dict[str, Callable[[dict], None]] = {
     "publisher extension": _set("actor", "svc-publisher"),
@@ -277,6 +310,7 @@ class SyntheticLanding:
     pull_count: int = 0
     other_events: int = 0
     duplicates: int = 0
+    with_extra_fields: int = 0  # distinct pulls carrying fields no column holds
     rejected: list[tuple[str, int, str]] = field(default_factory=list)  # (key, line, reason)
     lines: int = 0
     bytes: int = 0
@@ -347,6 +381,7 @@ def synthetic_landing(store: LandingStore, spec: LandingSpec = LandingSpec()) ->
         event = pull_event(facts, extra=extra)
         if extra:
             event["data"]["body"]["future_field"] = {"n": number}
+            result.with_extra_fields += 1
         add(PULL_TYPE, event)
         result.pull_count += 1
         if spec.keep_facts:

@@ -19,6 +19,7 @@ from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, LandingObjectMissing, WarehouseLocked
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
+    EXPECTED_KEYS_WITHOUT_COLUMN,
     HELD_CASES,
     PULL_TYPE,
     PUSH_TYPE,
@@ -28,6 +29,7 @@ from tests.pipeline.factories import (
     LandingSpec,
     PullFacts,
     RawLine,
+    events_with_fields_without_columns,
     landed_line,
     other_event,
     poison_event,
@@ -319,6 +321,18 @@ def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_
     assert (result.pulls_inserted, result.lines_rejected) == (2, 0)
     found = rows(warehouse, f"SELECT event_id, raw_event::VARCHAR FROM {PULLS} ORDER BY event_id")
     assert found == [("changed", landed_lines(store, key)[1] if kept else None), ("plain", None)]
+
+
+def test_the_check_figures_count_the_rows_with_raw_event_and_name_the_keys_without_a_column(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    key = write_object(store, PULL_TYPE, events_with_fields_without_columns(), T0)
+    warehouse.load_objects(store, objects(store, key), "run")
+
+    figures = warehouse.check_figures()
+
+    assert (figures.pull_rows, figures.rows_with_raw_event) == (6, 3)
+    assert figures.keys_without_column == EXPECTED_KEYS_WITHOUT_COLUMN
 
 
 def test_an_event_of_another_type_keeps_raw_event_only_for_keys_without_a_column(

@@ -16,7 +16,7 @@ from pull_events.landing import GcsLandingStore, LocalLandingStore
 from pull_events.settings import Settings
 from pull_events_dagster.defs import build_definitions
 from pull_events_dagster.defs.assets import DAILY_PULLS_KEY, DERIVED_KEYS, PULLS_KEY, REJECTED_KEY, SUMMARY_KEY
-from pull_events_dagster.defs.checks import RECONCILED, REJECTED_RATE, REQUIRED, UNIQUE
+from pull_events_dagster.defs.checks import RAW_EVENT_RATE, RECONCILED, REJECTED_RATE, REQUIRED, UNIQUE
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
 from pull_events_dagster.defs.sensors import LANDING_SENSOR, LandingCursor, batch_run_statuses, plan_tick
 from pull_events_dagster.warehouse import base
@@ -98,13 +98,24 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
     runs = launch(defs, instance, requests)
     assert all(run.success for run in runs)
     checks = [e for run in runs for e in run.get_asset_check_evaluations()]
-    assert len(checks) == 4 * len(runs)
+    assert len(checks) == 5 * len(runs)
     assert all(e.passed for e in checks if e.check_name in (UNIQUE, REQUIRED, RECONCILED))
     [rate] = [e for e in runs[-1].get_asset_check_evaluations() if e.check_name == REJECTED_RATE]
     assert rate.metadata["rejected_lines"].value == len(landed.rejected)
     assert rate.metadata["total_lines"].value == landed.lines
     assert len(landed.rejected) / landed.lines > 0.01  # above the default threshold: the check says so
     assert (rate.passed, rate.severity) == (False, dg.AssetCheckSeverity.WARN)
+    [raw] = [e for e in runs[-1].get_asset_check_evaluations() if e.check_name == RAW_EVENT_RATE]
+    assert (raw.metadata["rows_with_raw_event"].value, raw.metadata["pull_rows"].value) == (
+        landed.with_extra_fields,
+        landed.pull_count,
+    )
+    assert 0 < landed.with_extra_fields / landed.pull_count <= 0.1  # under the default threshold
+    assert raw.passed
+    assert raw.metadata["keys_without_column"].value == {
+        "chainguarddev1delivery": landed.with_extra_fields,
+        "data.body.future_field": landed.with_extra_fields,
+    }
 
     evaluation, requested, derived_run = automate(defs, instance, evaluation.cursor)
     assert requested == list(DERIVED_KEYS)
