@@ -61,11 +61,15 @@ from pull_events_dagster.warehouse.schema import (
     ACTOR,
     ENVELOPE,
     KEY_SAMPLE_ROWS,
+    LINE_KEY_OF_COLUMN,
     LINE_KEYS,
+    POLICY_RESULTS,
     PULL_BODY,
     PULL_DATA,
     TABLES,
+    TOP_LEVEL_KEYS,
     Column,
+    held_leaves,
     known_keys,
     nested_records,
 )
@@ -173,13 +177,8 @@ def column_value(column: Column, json_expr: str, keys: Sequence[str]) -> str:
 
 
 def _held(json_expr: str, keys: Sequence[str], column: Column) -> str:
-    """SQL: whether a line's member is held by its column: not null, or for a record, one of its fields held.
-
-    The same test as the DuckDB load's, so both engines keep raw_event for the same lines.
-    """
-    if column.type != "RECORD" or column.mode == "REPEATED":
-        return f"{json_type(json_expr, keys)} != 'null'"
-    return "(" + " OR ".join(_held(json_expr, (*keys, f.name), f) for f in column.fields) + ")"
+    """SQL: whether the line's member at ``keys`` is held by its column (``schema.held_leaves``, as DuckDB)."""
+    return "(" + " OR ".join(f"{json_type(json_expr, (*keys, *leaf))} != 'null'" for leaf in held_leaves(column)) + ")"
 
 
 def _count(conditions: Iterable[str]) -> str:
@@ -202,7 +201,7 @@ def keeps_raw_event(o: str, is_pull: bool) -> str:
         "received_at": f"{timestamp_from_text(json_text(o, ('received_at',)))} IS NOT NULL",
         "landing_line": f"SAFE_CAST(JSON_VALUE({o}, '$.landing_line') AS INT64) IS NOT NULL",
     }
-    top_held = _count(typed.get(key, f"{json_type(o, (key,))} != 'null'") for key in (*LINE_KEYS, "data"))
+    top_held = _count(typed.get(key, f"{json_type(o, (key,))} != 'null'") for key in TOP_LEVEL_KEYS)
     top = f"{_key_count(o)} > {top_held}"
     if not is_pull:
         return f"({top})"
@@ -210,9 +209,8 @@ def keeps_raw_event(o: str, is_pull: bool) -> str:
     pull_keys = " + ".join(_key_count(f"JSON_QUERY({o}, {json_path(path)})") for path, _ in objects)
     pull_held = " + ".join(_count(_held(o, (*path, f.name), f) for f in column.fields) for path, column in objects)
     policies = ("data", "body", "policy_results")
-    policy_fields = next(f for f in PULL_BODY.fields if f.name == "policy_results").fields
     policy_keys = "IF(JSON_TYPE(e) = 'object', ARRAY_LENGTH(JSON_KEYS(e, 1)), 1)"
-    policy_held = _count(_held("e", (f.name,), f) for f in policy_fields)
+    policy_held = _count(_held("e", (f.name,), f) for f in POLICY_RESULTS.fields)
     return (
         f"({top} OR {pull_keys} > {pull_held} OR IFNULL((SELECT SUM({policy_keys}) - SUM({policy_held}) "
         f"FROM UNNEST(JSON_QUERY_ARRAY({o}, {json_path(policies)})) AS e), 0) > 0)"
@@ -332,17 +330,16 @@ class BigQueryWarehouse(base.Warehouse):
         # BigQuery adds only NULLABLE (or REPEATED) columns: columns added later must be nullable. Old rows kept
         # their whole line in raw_event, so a new column holding a line key is filled from it.
         table_ref = f"`{self.table_id(name)}`"
-        line_key_of = {column: key for key, column in LINE_KEYS.items()}
         statements = [
             f"ALTER TABLE {table_ref} ADD COLUMN IF NOT EXISTS {ident(f.name)} {sql_type(f)} "
             f"OPTIONS(description={sql_literal(f.description or '')});\n"
             for f in missing
         ]
         statements += [
-            f"UPDATE {table_ref} SET {ident(f.name)} = {json_text('raw_event', (line_key_of[f.name],))} "
+            f"UPDATE {table_ref} SET {ident(f.name)} = {json_text('raw_event', (LINE_KEY_OF_COLUMN[f.name],))} "
             "WHERE raw_event IS NOT NULL;\n"
             for f in missing
-            if f.name in line_key_of and f.field_type == "STRING" and "raw_event" in present
+            if f.name in LINE_KEY_OF_COLUMN and f.field_type == "STRING" and "raw_event" in present
         ]
         self.query("".join(statements))
 

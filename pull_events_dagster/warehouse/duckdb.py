@@ -38,11 +38,15 @@ from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     KEY_SAMPLE_ROWS,
+    LINE_KEY_OF_COLUMN,
     LINE_KEYS,
+    POLICY_RESULTS,
     PULL_BODY,
     PULL_DATA,
     TABLES,
+    TOP_LEVEL_KEYS,
     Column,
+    held_leaves,
     known_keys,
     nested_records,
 )
@@ -109,7 +113,7 @@ def _pull_body_structure() -> dict[str, Any]:
     return body
 
 
-_POLICY_RESULTS_STRUCTURE = json.dumps(json_structure(next(f for f in PULL_BODY.fields if f.name == "policy_results")))
+_POLICY_RESULTS_STRUCTURE = json.dumps(json_structure(POLICY_RESULTS))
 
 
 # The whole line in one parse. Attributes whose JSON type the rules check are read as JSON fragments
@@ -127,18 +131,12 @@ _PULL_OBJECTS = nested_records(PULL_DATA, ("data",))
 _PULL_KEY_PATHS = ["$", *("$." + ".".join(quote(key) for key in path) for path, _ in _PULL_OBJECTS)]
 _POLICIES = ("data", "body", "policy_results")
 _RECEIVED_AT = "TRY_CAST(p.received_at AS TIMESTAMPTZ)"
-_POLICY_FIELDS = next(f for f in PULL_BODY.fields if f.name == "policy_results").fields
 
 
 def _held(value: str, column: Column) -> str:
-    """SQL: whether a parsed field holds a value: not NULL, or for a record, holding one of its fields.
-
-    A record whose fields are all NULL (a string where an object belongs, ``{}``, only null values) is not
-    held, so the line keeps raw_event rather than losing it.
-    """
-    if column.type != "RECORD" or column.mode == "REPEATED":
-        return f"{value} IS NOT NULL"
-    return "(" + " OR ".join(_held(f"{value}.{quote(f.name)}", f) for f in column.fields) + ")"
+    """SQL: whether the parsed field ``value`` is held by its column (``schema.held_leaves``)."""
+    leaves = ("".join(f".{quote(key)}" for key in leaf) for leaf in held_leaves(column))
+    return "(" + " OR ".join(f"{value}{leaf} IS NOT NULL" for leaf in leaves) + ")"
 
 
 def _count_held(value: str, fields: Sequence[Column]) -> str:
@@ -149,10 +147,10 @@ def _count_held(value: str, fields: Sequence[Column]) -> str:
 def _held_keys() -> tuple[str, str, str]:
     """SQL: the keys a line's columns hold: its top level, a pull line's data objects, one policy result ``r``."""
     # Held means its column has it: a received_at that is not a time would be NULL there.
-    read = {key: f"p.{quote(key)}" for key in (*LINE_KEYS, "data")} | {"received_at": _RECEIVED_AT}
+    read = {key: f"p.{quote(key)}" for key in TOP_LEVEL_KEYS} | {"received_at": _RECEIVED_AT}
     top = " + ".join(f"CAST({value} IS NOT NULL AS INTEGER)" for value in read.values())
     pull = " + ".join(_count_held("p." + ".".join(map(quote, path)), column.fields) for path, column in _PULL_OBJECTS)
-    return top, pull, _count_held("r", _POLICY_FIELDS)
+    return top, pull, _count_held("r", POLICY_RESULTS.fields)
 
 
 def _string_value(fragment: str) -> str:
@@ -348,7 +346,6 @@ class DuckDBWarehouse(base.Warehouse):
                 {"schema": self.schema},
             ).fetchall()
         )
-        line_key_of = {column: key for key, column in LINE_KEYS.items()}
         for table, columns in TABLES.items():
             for column in columns:
                 if (table, column.name) in present:
@@ -357,11 +354,11 @@ class DuckDBWarehouse(base.Warehouse):
                 conn.execute(
                     f"ALTER TABLE {self._table(table)} ADD COLUMN {column_ddl(column).replace(' NOT NULL', '')}"
                 )
-                if column.name in line_key_of and column.type == "STRING" and (table, "raw_event") in present:
+                if column.name in LINE_KEY_OF_COLUMN and column.type == "STRING" and (table, "raw_event") in present:
                     conn.execute(
                         f"UPDATE {self._table(table)} SET {quote(column.name)} = json_extract_string(raw_event, $path) "
                         "WHERE raw_event IS NOT NULL",
-                        {"path": f'$."{line_key_of[column.name]}"'},
+                        {"path": f'$."{LINE_KEY_OF_COLUMN[column.name]}"'},
                     )
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:

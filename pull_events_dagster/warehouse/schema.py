@@ -112,6 +112,8 @@ PULL_BODY = Column(
     ),
 )
 
+POLICY_RESULTS = next(f for f in PULL_BODY.fields if f.name == "policy_results")
+
 # A pull event's data as the pull table holds it: actor and body, key by key.
 PULL_DATA = Column("data", "RECORD", "the pull event's data", fields=(ACTOR, PULL_BODY))
 
@@ -128,6 +130,18 @@ def nested_records(column: Column, path: tuple[str, ...]) -> list[tuple[tuple[st
     for field in column.fields:
         found += nested_records(field, (*path, field.name))
     return found
+
+
+def held_leaves(column: Column) -> list[tuple[str, ...]]:
+    """The values (paths relative to ``column``) of which one must be present for its column to hold it.
+
+    A scalar or repeated column holds a value that is present. A record holds an object only when one of its
+    leaves has a value, so a record whose fields are all absent or null (a string where an object belongs,
+    ``{}``, only null values) keeps the line in raw_event rather than losing it. Both warehouses judge by this.
+    """
+    if column.type != "RECORD" or column.mode == "REPEATED":
+        return [()]
+    return [(field.name, *leaf) for field in column.fields for leaf in held_leaves(field)]
 
 
 # The top-level keys of a landed line (CloudEvent attributes and extensions, then the receiver's own;
@@ -151,11 +165,15 @@ LINE_KEYS: dict[str, str] = {
     "received_by": "received_by",
     "body_sha256": "body_sha256",
 }
+# Every key a line's top level may have without keeping raw_event.
+TOP_LEVEL_KEYS = (*LINE_KEYS, "data")
+# The line key each column is read from (a column added later is filled from old rows' raw_event by it).
+LINE_KEY_OF_COLUMN = {column: key for key, column in LINE_KEYS.items()}
 
 
 def known_keys() -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """Each object of a pull line whose keys the columns hold one by one (its key path) and those keys."""
-    levels = [((), (*LINE_KEYS, "data"))]
+    levels = [((), TOP_LEVEL_KEYS)]
     levels += [(path, tuple(f.name for f in column.fields)) for path, column in nested_records(PULL_DATA, ("data",))]
     return levels
 
