@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, store: LandingStore | None = No
         max_pending_events=options.max_pending_events,
         max_pending_bytes=PENDING_BATCHES * options.batch_max_bytes,
         commit_timeout=options.commit_timeout_seconds,
+        max_line_bytes=options.max_line_bytes,
         metrics=metrics,
     )
     verifier = None

@@ -7,6 +7,10 @@ create-only object per event type with ``LandingStore.write_new``, and only then
 So an acknowledgement always means the object is durable, and a burst of thousands of events becomes
 a handful of objects while a lone event waits only ``max_wait``.
 
+A record whose landed line (with the ``landing_object`` / ``landing_line`` prefix the committer adds) would be
+longer than ``max_line_bytes`` is refused at once (``LineTooLarge``, 413): the pipeline rejects such a line
+unread, so the receiver must never acknowledge one.
+
 The queue is bounded by events and bytes: when it is full, ``submit`` refuses at once (``Overloaded``),
 so memory stays flat under any burst and the sender is pushed back. A request waits at most
 ``commit_timeout`` for its commit; after that it is refused (``CommitTimedOut``) and, if its item was
@@ -26,15 +30,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pull_events.landing import LandingStore, LandingUnavailable, object_key, utc_now
-from receiver.errors import Unavailable
+from receiver.errors import Rejection, Unavailable
 from receiver.logs import get_logger
 from receiver.metrics import ReceiverMetrics
 
 # Each line gets '{"landing_object":"<key>","landing_line":N,' in front: count it in the batch size.
 _LINE_OVERHEAD = 256
+_ANY_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 log = get_logger("batcher")
 
 
@@ -64,6 +69,18 @@ class CommitFailed(Unavailable):
 
     def __init__(self, detail: str) -> None:
         super().__init__("landing_unavailable", detail, retry_after=5)
+
+
+class LineTooLarge(Rejection):
+    """The event's landed line would be longer than the warehouse loads (413); nothing of it is landed."""
+
+    status = 413
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            "line_too_large",
+            f"the event's landed line would be {size} bytes, over the limit of {limit} bytes per line",
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,7 @@ class Batcher:
         max_pending_events: int = 5000,
         max_pending_bytes: int = 16 * 1024 * 1024,
         commit_timeout: float = 10.0,
+        max_line_bytes: int | None = None,
         metrics: ReceiverMetrics | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -142,8 +160,12 @@ class Batcher:
         self.max_pending_events = max_pending_events
         self.max_pending_bytes = max_pending_bytes
         self.commit_timeout = commit_timeout
+        self.max_line_bytes = max_line_bytes
         self.metrics = metrics or ReceiverMetrics()
         self.clock = clock
+        # The longest prefix any line can get (a type name as long as a key segment gets), so that a record
+        # well under the limit is let through by one comparison.
+        self._longest_prefix = self._prefix_bytes("t" * 1000)
         self._queue: deque[_Item] = deque()
         self._pending_bytes = 0
         self._cond = threading.Condition()
@@ -159,9 +181,14 @@ class Batcher:
     def submit(self, event_type: str, record: bytes) -> Landed:
         """Land one record (a JSON object without newline); return where once it is durable.
 
-        Raises ``Overloaded``, ``ShuttingDown``, ``CommitTimedOut`` or ``CommitFailed`` (all 503s);
-        on any of them the event is not acknowledged.
+        Raises ``LineTooLarge`` (413), ``Overloaded``, ``ShuttingDown``, ``CommitTimedOut`` or ``CommitFailed``
+        (all 503s); on any of them the event is not acknowledged.
         """
+        limit = self.max_line_bytes
+        if limit is not None and len(record) + self._longest_prefix > limit:
+            size = self.landed_line_bytes(event_type, record)
+            if size > limit:
+                raise LineTooLarge(size, limit)
         item = _Item(event_type, record)
         with self._cond:
             if self._closing:
@@ -185,6 +212,17 @@ class Batcher:
         if item.wait(0):  # finished just now
             return item.result()
         raise CommitTimedOut(f"not committed within {self.commit_timeout:g}s (the write is still in progress)")
+
+    def landed_line_bytes(self, event_type: str, record: bytes) -> int:
+        """The longest the landed line of ``record`` can be, without its newline (what the pipeline measures)."""
+        return len(record) + self._prefix_bytes(event_type)
+
+    def _prefix_bytes(self, event_type: str) -> int:
+        # What _write_group puts in front of a record, less the record's own "{": every part of a key but the
+        # sequence number has a fixed width for a given type and instance (its time fields too), and the
+        # sequence has 10 digits up to 10**10 objects; the line number has at most as many digits as max_events.
+        key = object_key(event_type, _ANY_TIME, self.instance, 10**10 - 1)
+        return len(_line_head(key)) + len(str(self.max_events)) + len(b",") - len(b"{")
 
     def close(self, timeout: float | None = None) -> None:
         """Take no new events, commit everything queued, and stop the committer."""
@@ -262,7 +300,7 @@ class Batcher:
 
     def _write_group(self, event_type: str, items: list[_Item], committed_at: datetime) -> None:
         key = object_key(event_type, committed_at, self.instance, next(self._sequence))
-        head = b'{"landing_object":' + json.dumps(key).encode() + b',"landing_line":'
+        head = _line_head(key)
         data = b"".join(b"%s%d,%s\n" % (head, line, memoryview(item.record)[1:]) for line, item in enumerate(items, 1))
         started = time.perf_counter()
         try:
@@ -287,3 +325,8 @@ class Batcher:
         )
         for line, item in enumerate(items, 1):
             item.resolve(Landed(key, line))
+
+
+def _line_head(key: str) -> bytes:
+    """What each line of object ``key`` starts with, before its line number."""
+    return b'{"landing_object":' + json.dumps(key).encode() + b',"landing_line":'

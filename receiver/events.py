@@ -6,7 +6,9 @@ what a faithful record needs and the SDK does not give:
 - the attributes exactly as sent: the SDK fills in ``id`` and ``time`` when they are missing (so the
   required ones are checked here first), and turns ``time`` into a ``datetime``, which would cut
   Chainguard's nanoseconds, so the record keeps the original string;
-- strict JSON data: the SDK quietly keeps invalid JSON as a string; here it is a 400.
+- strict JSON data: the SDK quietly keeps invalid JSON as a string; here it is a 400, and so is JSON the
+  warehouse cannot load faithfully (``pull_events.json_rules``: lone surrogates, duplicate keys, ...), in the
+  data and in a structured-mode document alike, so an acknowledged event is always a loadable line.
 
 A record is one line of JSON: every attribute and extension as a top-level key, ``data`` (the event
 data as JSON), then ``received_at``, ``received_by`` and ``body_sha256``. The committer later prefixes
@@ -27,6 +29,7 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import REQUIRED_ATTRIBUTES, CloudEvent
 
+from pull_events import json_rules
 from receiver.errors import BadEvent, UnsupportedContent
 
 STRUCTURED_MEDIA_TYPE = "application/cloudevents+json"
@@ -38,6 +41,8 @@ _FORMAT = JSONFormat()
 _LINE_BREAKS = ((b"\xc2\x85", b"\\u0085"), (b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
 _WSGI_CONTENT_HEADERS = frozenset(("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"))
 _SDK_ERRORS = (BaseCloudEventException, ValueError, TypeError, KeyError, AttributeError, OverflowError)
+# Where binary-mode data sits in the landed line, for the JSON rules' nesting allowance and paths.
+_DATA = ("data",)
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,8 @@ def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) ->
 
 
 def _parse_structured(body: bytes) -> ReceivedEvent:
-    document = _strict_json(body, "body")
+    # The document is the top level of the landed line: its attributes and data keep their places.
+    document = _strict_json(body, (), "the body")
     if not isinstance(document, dict):
         raise BadEvent("not_a_cloudevent", "a structured CloudEvent must be a JSON object")
     _require_attributes(set(document))
@@ -168,41 +174,31 @@ def _require_attributes(present: set[str]) -> None:
 
 def _json_line(body: bytes) -> bytes:
     """The data as one line of JSON: the body itself when it already is one, else re-encoded compactly."""
-    value = _strict_json(body, "data")
+    value = _strict_json(body, _DATA)
     if b"\n" in body or b"\r" in body:
         return _dumps(value)
     return body
 
 
-def _strict_json(raw: bytes, what: str) -> Any:
+def _strict_json(raw: bytes, at: json_rules.Path, name: str | None = None) -> Any:
+    """The value of ``raw`` (to sit at ``at`` in the landed line), or a 400 naming the rule it breaks."""
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadEvent("invalid_json", f"{what} is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        if text.startswith("\ufeff"):  # what json.loads refuses before decoding
-            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
-        return _STRICT_DECODER.decode(text)
-    except (ValueError, RecursionError) as exc:
-        raise BadEvent("invalid_json", f"{what} is not valid JSON: {exc}") from None
+        return json_rules.loads(raw, at, name)
+    except json_rules.JSONProblem as problem:
+        raise BadEvent(problem.problem, problem.detail) from None
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-# Built once: json.loads and json.dumps build a new decoder or encoder on every call given options.
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# Built once: json.dumps builds a new encoder on every call given options.
 _COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
-_COMPACT_ASCII = json.JSONEncoder(separators=(",", ":"))
 
 
 def _dumps(value: Any) -> bytes:
     try:
         return _COMPACT.encode(value).encode("utf-8")
     except UnicodeEncodeError:
-        # A lone surrogate (legal as a JSON escape) cannot be UTF-8: keep it escaped.
-        return _COMPACT_ASCII.encode(value).encode("ascii")
+        # Only a lone surrogate cannot be UTF-8. The JSON rules refuse one in any body; escaping it instead
+        # would land a line the warehouse cannot load.
+        raise BadEvent(json_rules.LONE_SURROGATE, "an attribute holds a lone surrogate (not Unicode text)") from None
 
 
 def _header_text(value: str) -> str:

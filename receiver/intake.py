@@ -3,7 +3,8 @@
 Body size (413) is enforced while reading the body, before this runs. Then: unsupported content type
 (415) and not a valid CloudEvent (400), as Chainguard's receiver does, before the token (401/403);
 the token's digest covers the raw body in either content mode. Only a request that passed every check
-is handed to the batcher, so a refused request lands nothing.
+is handed to the batcher, which refuses (413) a record whose landed line would be too long before queueing
+it, so a refused request lands nothing.
 """
 
 from __future__ import annotations

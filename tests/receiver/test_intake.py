@@ -269,7 +269,7 @@ def _without(attributes: dict, name: str) -> dict:
         ("empty_subject", "invalid_attribute"),
         ("extension_name_with_dash", "invalid_attribute"),
         ("data_not_json", "invalid_json"),
-        ("data_nan", "invalid_json"),
+        ("data_nan", "non_finite_number"),
         ("data_not_utf8", "invalid_json"),
         ("structured_not_json", "invalid_json"),
         ("structured_array", "not_a_cloudevent"),
