@@ -26,8 +26,9 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from pull_events.settings import LandingLocation
 
@@ -36,6 +37,9 @@ NDJSON_CONTENT_TYPE = "application/x-ndjson"
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _MAX_SEGMENT = 120
+# JSON's whitespace other than the newline that ends a line: a segment of nothing else is a blank line.
+BLANK_BYTES = b" \t\r"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class LandingUnavailable(RuntimeError):
@@ -96,6 +100,30 @@ def key_committed_at(key: str) -> datetime:
     return datetime.strptime(stamp, _STAMP_FORMAT).replace(tzinfo=UTC)
 
 
+def line_segments(data: bytes) -> list[bytes]:
+    """An object's lines as its bytes hold them: the ``\\n``-separated segments, a leading UTF-8 BOM dropped.
+
+    The last segment is empty when the object ends with a newline, as the receiver's objects do.
+    """
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM) :]
+    return data.split(b"\n")
+
+
+def is_blank(segment: bytes) -> bool:
+    """Whether a segment holds only JSON whitespace: such a segment is not a line and loads as nothing."""
+    return not segment.strip(BLANK_BYTES)
+
+
+def count_lines(data: bytes) -> int:
+    """The lines an object holds, counted from its bytes: its non-blank ``\\n``-separated segments.
+
+    This is the number a load must account for: every one of them becomes a row, a skipped duplicate or a
+    rejected line.
+    """
+    return sum(1 for segment in line_segments(data) if not is_blank(segment))
+
+
 def new_instance_id() -> str:
     """A name for this writer process: host, pid and a random part, so writers never collide."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -124,6 +152,14 @@ class LandingStore(ABC):
         """The content of one object."""
 
     @abstractmethod
+    def open_read(self, key: str) -> BinaryIO:
+        """A stream of one object's content, read a chunk at a time (for objects of any size)."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object now."""
+
+    @abstractmethod
     def uri(self, key: str) -> str:
         """Where a warehouse load can read ``key`` from (a file path or a gs:// URI)."""
 
@@ -143,6 +179,18 @@ class LandingStore(ABC):
     def list_all(self) -> Iterator[LandedObject]:
         """Every object ever landed (for a rebuild from scratch)."""
         return self.list_since(datetime(1970, 1, 1, tzinfo=UTC))
+
+    def list_day(self, type_dir: str, day: date) -> Iterator[LandedObject]:
+        """The objects of ``type_dir`` committed on one UTC ``day`` (its ``dt=`` folder), in key order.
+
+        A day folder is one key range: the listing starts at its first key and stops at the first key past
+        it, so it costs that day's objects, not the type's history.
+        """
+        folder = f"{type_dir}/dt={day:%Y-%m-%d}/"
+        for obj in self.list_from(type_dir, folder):
+            if not obj.key.startswith(folder):
+                return
+            yield obj
 
 
 class LocalLandingStore(LandingStore):
@@ -262,6 +310,12 @@ class LocalLandingStore(LandingStore):
     def read(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
 
+    def open_read(self, key: str) -> BinaryIO:
+        return (self.root / key).open("rb")
+
+    def exists(self, key: str) -> bool:
+        return (self.root / key).is_file()
+
     def uri(self, key: str) -> str:
         return str(self.root / key)
 
@@ -329,6 +383,13 @@ class GcsLandingStore(LandingStore):
     def read(self, key: str) -> bytes:
         return self.bucket.blob(self.prefix + key).download_as_bytes(timeout=self.timeout)
 
+    def open_read(self, key: str) -> BinaryIO:
+        # Plain bytes as stored: no decompressive transcoding, so sizes and lines are the object's own.
+        return self.bucket.blob(self.prefix + key).open("rb", chunk_size=8 * 1024 * 1024, raw_download=True)  # type: ignore[return-value]
+
+    def exists(self, key: str) -> bool:
+        return self.bucket.blob(self.prefix + key).exists(timeout=self.timeout)
+
     def uri(self, key: str) -> str:
         return f"gs://{self.bucket.name}/{self.prefix}{key}"
 
@@ -372,7 +433,10 @@ __all__ = [
     "LandingUnavailable",
     "LocalLandingStore",
     "ObjectAlreadyExists",
+    "count_lines",
+    "is_blank",
     "key_committed_at",
+    "line_segments",
     "listing_start",
     "new_instance_id",
     "object_key",

@@ -18,6 +18,8 @@ DEFAULT_DATA_DIR = PROJECT_ROOT / ".data"
 DEFAULT_LANDING = DEFAULT_DATA_DIR / "landing"
 DEFAULT_WAREHOUSE = DEFAULT_DATA_DIR / "warehouse.duckdb"
 DEFAULT_ISSUER = "https://issuer.enforce.dev"
+# Twice the largest body the receiver can be set to take (8 MiB), so escaping in the record never reaches it.
+DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
 _GCS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<prefix>.*))?$")
 _BIGQUERY_URI = re.compile(r"^bigquery://(?P<project>[a-z][a-z0-9.:-]{2,62}[a-z0-9])/(?P<dataset>\w{1,1024})/?$")
@@ -72,6 +74,7 @@ class ReceiverSettings:
     max_pending_events: int
     commit_timeout_seconds: float
     jwks_min_refresh_seconds: float
+    max_line_bytes: int  # the longest landed line the warehouse loads: an event that would exceed it is refused
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,10 @@ class PipelineSettings:
     max_objects_per_run: int
     rejected_rate_threshold: float
     raw_event_rate_threshold: float
-    freshness_minutes: int
+    max_line_bytes: int  # longer lines are rejected as line_too_large, never parsed
+    max_load_lag_seconds: int  # a landed object still unloaded this long after it landed fails a check
+    reconcile_days: int  # UTC days back (by landing time) each reconciliation pass compares with the ledger
+    future_tolerance_seconds: int  # a pull dated more than this after the refresh time is implausible
 
 
 @dataclass(frozen=True)
@@ -150,6 +156,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
     if max_body > batch_max_bytes:
         raise SettingsError("PULL_EVENTS_MAX_BODY_BYTES", "must not exceed PULL_EVENTS_BATCH_MAX_BYTES")
 
+    max_line_bytes = _int(env, "PULL_EVENTS_MAX_LINE_BYTES", DEFAULT_MAX_LINE_BYTES, minimum=64 * 1024)
     receiver = ReceiverSettings(
         auth=auth,  # type: ignore[arg-type]
         issuer=issuer,
@@ -162,13 +169,17 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         max_pending_events=_int(env, "PULL_EVENTS_MAX_PENDING_EVENTS", 5000, minimum=1),
         commit_timeout_seconds=_float(env, "PULL_EVENTS_COMMIT_TIMEOUT_S", 10.0, minimum=0.1),
         jwks_min_refresh_seconds=_float(env, "PULL_EVENTS_JWKS_MIN_REFRESH_S", 10.0, minimum=0.0),
+        max_line_bytes=max_line_bytes,
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
         max_objects_per_run=_int(env, "PULL_EVENTS_MAX_OBJECTS_PER_RUN", 500, minimum=1),
         rejected_rate_threshold=_float(env, "PULL_EVENTS_MAX_REJECTED_RATE", 0.01, minimum=0.0, maximum=1.0),
         raw_event_rate_threshold=_float(env, "PULL_EVENTS_MAX_RAW_EVENT_RATE", 0.1, minimum=0.0, maximum=1.0),
-        freshness_minutes=_int(env, "PULL_EVENTS_FRESHNESS_MINUTES", 60, minimum=1),
+        max_line_bytes=max_line_bytes,
+        max_load_lag_seconds=_int(env, "PULL_EVENTS_MAX_LOAD_LAG_S", 900, minimum=1),
+        reconcile_days=_int(env, "PULL_EVENTS_RECONCILE_DAYS", 7, minimum=1),
+        future_tolerance_seconds=_int(env, "PULL_EVENTS_FUTURE_TOLERANCE_S", 3600, minimum=0),
     )
     return Settings(
         landing=parse_landing(env.get("PULL_EVENTS_LANDING", "").strip() or str(DEFAULT_LANDING)),

@@ -11,6 +11,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -19,8 +20,8 @@ from dagster_gcp import BigQueryResource, GCSResource
 from pydantic import Field
 
 from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
-from pull_events.settings import Settings
-from pull_events_dagster.warehouse.base import DATASET, Warehouse
+from pull_events.settings import DEFAULT_MAX_LINE_BYTES, Settings
+from pull_events_dagster.warehouse.base import DATASET, FUTURE_TOLERANCE, Warehouse
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 
 
@@ -65,6 +66,23 @@ class GcsLandingResource(LandingResource):
 class WarehouseResource(dg.ConfigurableResource, ABC):
     """The warehouse the tables live in."""
 
+    future_tolerance_seconds: int = Field(
+        default=int(FUTURE_TOLERANCE.total_seconds()),
+        description="how far past the warehouse's clock a pull's body.when may be and still count in time windows",
+    )
+
+    max_line_bytes: int = Field(
+        default=DEFAULT_MAX_LINE_BYTES,
+        description="the longest landed line a load parses; longer ones are rejected as line_too_large",
+    )
+
+    def options(self) -> dict[str, object]:
+        """The keyword arguments both warehouses take from these settings."""
+        return {
+            "future_tolerance": timedelta(seconds=self.future_tolerance_seconds),
+            "max_line_bytes": self.max_line_bytes,
+        }
+
     @abstractmethod
     @contextmanager
     def open(self) -> Iterator[Warehouse]:
@@ -95,6 +113,7 @@ class DuckDBWarehouseResource(WarehouseResource):
             lock_timeout=self.lock_timeout_seconds,
             chunk_bytes=self.chunk_megabytes * 1024 * 1024,
             memory_limit=self.memory_limit,
+            **self.options(),  # type: ignore[arg-type]
         )
 
     def kind(self) -> str:
@@ -126,12 +145,12 @@ class BigQueryWarehouseResource(WarehouseResource):
                 client_options=ClientOptions(api_endpoint=emulator),
             )
             try:
-                yield BigQueryWarehouse(client, self.dataset, self.bigquery.location)
+                yield BigQueryWarehouse(client, self.dataset, self.bigquery.location, **self.options())  # type: ignore[arg-type]
             finally:
                 client.close()
             return
         with self.bigquery.get_client() as client:
-            yield BigQueryWarehouse(client, self.dataset, self.bigquery.location)
+            yield BigQueryWarehouse(client, self.dataset, self.bigquery.location, **self.options())  # type: ignore[arg-type]
 
     def kind(self) -> str:
         return "bigquery"
@@ -148,9 +167,15 @@ def landing_resource(settings: Settings) -> LandingResource:
 def warehouse_resource(settings: Settings) -> WarehouseResource:
     """The warehouse resource ``PULL_EVENTS_WAREHOUSE`` names."""
     location = settings.warehouse
+    shared = {
+        "future_tolerance_seconds": settings.pipeline.future_tolerance_seconds,
+        "max_line_bytes": settings.pipeline.max_line_bytes,
+    }
     if location.kind == "bigquery":
-        return BigQueryWarehouseResource(bigquery=BigQueryResource(project=location.project), dataset=location.dataset)
-    return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(location.path)))
+        return BigQueryWarehouseResource(
+            bigquery=BigQueryResource(project=location.project), dataset=location.dataset, **shared
+        )
+    return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(location.path)), **shared)
 
 
 def build_resources(settings: Settings) -> dict[str, dg.ConfigurableResource]:

@@ -7,12 +7,16 @@ half-way, leaves the same tables as running it once.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timedelta
+from typing import get_origin, get_type_hints
 
 from pull_events.landing import LandedObject, LandingStore
+
+log = logging.getLogger(__name__)
 
 DATASET = "cloudevents_pull_event_recorder"
 PULL_TYPE = "dev.chainguard.registry.pull.v1"
@@ -22,9 +26,17 @@ PULLS = "dev_chainguard_registry_pull_v1"
 EVENTS = "events"  # every event type other than pulls: envelope columns + data as JSON
 REJECTED = "rejected_events"  # lines that could not be loaded, with the reason
 LOADED_OBJECTS = "loaded_objects"  # ledger: one row per landing object loaded (exactly-once per object)
+QUARANTINED = "quarantined_objects"  # landing objects that could not be read at all, until one load reads them
 DAILY_PULLS = "daily_pulls"
 REPOSITORY_SUMMARY = "repository_pull_summary"
 REFRESH_STATE = "refresh_state"  # watermark of loaded_at each derived table has consumed
+
+# A rebuild fills the schema/dataset ``<name>__rebuild`` and then swaps its tables in; it is dropped afterwards.
+SHADOW_SUFFIX = "__rebuild"
+# How far past the warehouse's clock a body.when may be and still count (PULL_EVENTS_FUTURE_TOLERANCE_S).
+FUTURE_TOLERANCE = timedelta(hours=1)
+# How many of the pulls dated beyond that the check names.
+FUTURE_DATED_EXAMPLES = 5
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,25 @@ class LoadResult:
     duplicates_skipped: int  # lines whose (source, id) was already loaded or repeated in the batch
     lines_rejected: int
     affected_days: list[date] = field(default_factory=list)  # UTC days of body.when touched by new pulls
+    # Objects that could not be read at all (gone, or not readable): recorded in QUARANTINED, not in the ledger.
+    quarantined: dict[str, str] = field(default_factory=dict)  # key -> reason
+
+
+def combined(results: Sequence[LoadResult]) -> LoadResult:
+    """The results of several loads as one: counts added, days and quarantined objects merged."""
+    merged: dict[str, object] = {}
+    for name, hint in get_type_hints(LoadResult).items():
+        values = [getattr(result, name) for result in results]
+        kind = get_origin(hint) or hint
+        if kind is int:
+            merged[name] = sum(values)
+        elif kind is list:
+            merged[name] = sorted({item for value in values for item in value})
+        elif kind is dict:
+            merged[name] = {key: item for value in values for key, item in value.items()}
+        else:
+            raise TypeError(f"LoadResult.{name}: no rule to combine a {hint}")
+    return LoadResult(**merged)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -64,6 +95,23 @@ class CheckFigures:
     rows_with_raw_event: int = 0  # pull rows whose line holds something no column does
     # Top-level keys without a column in the latest such rows, with how many of them carry each.
     keys_without_column: dict[str, int] = field(default_factory=dict)
+    # Pull rows dated (body.when) beyond the warehouse's clock plus the future tolerance, and a few of them.
+    future_dated_pulls: int = 0
+    future_dated_examples: list[FutureDatedPull] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FutureDatedPull:
+    """A pull row whose body.when is implausibly far ahead of the warehouse's clock."""
+
+    event_source: str
+    event_id: str
+    repository: str
+    when: datetime  # body.when, UTC civil time
+
+
+class RebuildIncomplete(RuntimeError):
+    """A rebuild could not read objects whose rows the current tables hold: swapping it in would lose them."""
 
 
 class Warehouse(ABC):
@@ -92,7 +140,11 @@ class Warehouse(ABC):
 
     @abstractmethod
     def refresh_repository_summary(self) -> RefreshResult:
-        """Rebuild ``repository_pull_summary`` from the pull table."""
+        """Rebuild ``repository_pull_summary`` from the pull table.
+
+        Its time windows count back from the warehouse's clock at the refresh (``computed_at``); pulls dated
+        beyond that clock plus the future tolerance count in no time-based figure (the checks flag them).
+        """
 
     @abstractmethod
     def check_figures(self) -> CheckFigures:
@@ -108,4 +160,52 @@ class Warehouse(ABC):
 
     @abstractmethod
     def drop_all(self) -> None:
-        """Drop every table of the dataset (the first step of a rebuild from the landing zone)."""
+        """Drop every table of the dataset (a rebuild does not: see ``rebuild``)."""
+
+    # -- a rebuild from the landing zone: filled beside the tables, swapped in only once complete --------------
+
+    @abstractmethod
+    def shadow(self) -> Warehouse:
+        """This warehouse on the schema/dataset ``<name>__rebuild``, emptied first of a failed rebuild's leftovers."""
+
+    @abstractmethod
+    def swap_in(self, shadow: Warehouse) -> None:
+        """Replace every table's rows by ``shadow``'s in one transaction (creating missing tables): all or nothing."""
+
+    @abstractmethod
+    def drop_shadow(self) -> None:
+        """Drop the ``<name>__rebuild`` schema/dataset and everything in it, if there is one."""
+
+    def rebuild(self, store: LandingStore, objects: Sequence[LandedObject], run_id: str, batch_size: int) -> LoadResult:
+        """Rebuild every table from ``objects``, leaving the current tables as they are until the new ones are complete.
+
+        The objects are loaded ``batch_size`` at a time into a shadow copy, whose derived tables are then computed;
+        only then does one transaction replace every table's rows by the shadow's. A failure before that leaves
+        the current tables untouched. The shadow is dropped afterwards (or, if that fails too, by the next rebuild).
+        """
+        shadow = self.shadow()
+        try:
+            shadow.ensure_tables()
+            total = combined(
+                [
+                    shadow.load_objects(store, objects[start : start + batch_size], run_id)
+                    for start in range(0, len(objects), batch_size)
+                ]
+            )
+            # An object quarantined now but loaded before holds rows that the new tables would lack.
+            lost = sorted(self.loaded_object_keys(sorted(total.quarantined)))
+            if lost:
+                raise RebuildIncomplete(
+                    f"{len(lost)} landing objects whose rows the tables hold could not be read, e.g. {lost[0]} "
+                    f"({total.quarantined[lost[0]]}); the tables are left as they were"
+                )
+            shadow.refresh_daily_pulls()
+            shadow.refresh_repository_summary()
+            self.swap_in(shadow)
+        finally:
+            try:
+                self.drop_shadow()
+            except Exception:
+                # The rebuild's own outcome matters more; the next rebuild drops the leftover first.
+                log.warning("could not drop the rebuild's shadow copy", exc_info=True)
+        return total

@@ -43,11 +43,14 @@ query parameters in scripts) and name their temporary tables uniquely (it keeps 
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import re
+import tempfile
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from google.api_core.retry import Retry
@@ -56,7 +59,15 @@ from google.cloud.bigquery import DEFAULT_RETRY
 from google.cloud.exceptions import NotFound
 
 from pull_events.landing import LandedObject, LandingStore
+from pull_events.settings import DEFAULT_MAX_LINE_BYTES
 from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse.lines import (
+    OBJECT_MISSING,
+    PREFIX_BYTES,
+    read_lines,
+    staging_row,
+    unreadable_reason,
+)
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     ENVELOPE,
@@ -74,7 +85,19 @@ from pull_events_dagster.warehouse.schema import (
     nested_records,
 )
 
+log = logging.getLogger(__name__)
+
 STAGING_PREFIX = "_staging_load_"
+# The careful reading's staging rows (see lines.py): object offset in the load's keys, position, problem, base64.
+CAREFUL_SCHEMA = (
+    bigquery.SchemaField("object_id", "INT64"),
+    bigquery.SchemaField("position", "INT64"),
+    bigquery.SchemaField("problem", "STRING"),
+    bigquery.SchemaField("text", "STRING"),
+)
+# The receiver writes landing_object and landing_line first: a broken line usually still has them.
+_OWN_OBJECT = r'^\s*\{\s*"landing_object"\s*:\s*"([^"\\]*)"'
+_OWN_LINE = r'^\s*\{\s*"landing_object"\s*:\s*"[^"\\]*"\s*,\s*"landing_line"\s*:\s*([0-9]+)'
 # U+001F (unit separator): valid JSON text can only hold it escaped, so it never splits a good line.
 FIELD_DELIMITER = "\x1f"
 MAX_SOURCE_URIS = 10_000  # BigQuery's limit of source URIs per load job
@@ -235,6 +258,41 @@ def sql_literal(value: object) -> str:
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
+def _own_lineage(line: str, o: str) -> str:
+    """SQL: ``own_object`` and ``own_line``, the lineage a line names itself (read from its start when broken)."""
+    return (
+        f"IF({o} IS NULL, REGEXP_EXTRACT({line}, r'{_OWN_OBJECT}'), JSON_VALUE({o}, '$.landing_object')) "
+        "AS own_object, "
+        f"SAFE_CAST(IF({o} IS NULL, REGEXP_EXTRACT({line}, r'{_OWN_LINE}'), JSON_VALUE({o}, '$.landing_line')) "
+        "AS INT64) AS own_line"
+    )
+
+
+# Ledger columns and the per-object figures of the merge script they come from.
+_LEDGER_FIELDS = (
+    ("lines", "lines"),
+    ("pulls", "pulls_inserted"),
+    ("events", "events_inserted"),
+    ("duplicates", "duplicates_skipped"),
+    ("rejected", "lines_rejected"),
+)
+
+
+class LoadAccountingError(RuntimeError):
+    """A load could not account for every line of an object: its ledger row is not written."""
+
+
+def _check_accounting(stats: dict[str, Any], counts: dict[str, int]) -> None:
+    """Fail unless every object's lines, counted from its bytes, are each a row, a duplicate or rejected."""
+    for key, row in sorted(stats.items()):
+        outcomes = row["pulls"] + row["events"] + row["duplicates"] + row["rejected"]
+        if counts.get(key) != row["lines"] or row["lines"] != outcomes:
+            raise LoadAccountingError(
+                f"{key}: {counts.get(key)} lines in its bytes, {row['lines']} staged, {outcomes} rows + duplicates "
+                "+ rejected; its ledger row is not written and the next load reads it again"
+            )
+
+
 def script_variables(**variables: tuple[str, object]) -> str:
     """``DECLARE`` statements opening a script: bqemulator ignores query parameters in scripts."""
     return "".join(
@@ -264,6 +322,8 @@ class BigQueryWarehouse(base.Warehouse):
         max_bad_records: int = 1_000_000,
         staging_ttl: timedelta = timedelta(hours=6),
         retry: Retry = DEFAULT_RETRY,
+        future_tolerance: timedelta = base.FUTURE_TOLERANCE,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     ) -> None:
         self.client = client
         self.dataset = dataset
@@ -271,6 +331,8 @@ class BigQueryWarehouse(base.Warehouse):
         self.max_bad_records = max_bad_records
         self.staging_ttl = staging_ttl
         self.retry = retry
+        self.future_tolerance = future_tolerance  # pulls dated further ahead of now count in no time window
+        self.max_line_bytes = max_line_bytes  # longer lines are rejected as line_too_large, never parsed
         self._ensured = False
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -375,12 +437,13 @@ class BigQueryWarehouse(base.Warehouse):
             return base.LoadResult(0, len(unique), 0, 0, 0, 0, 0, [])
         staging = self.create_staging(run_id)
         try:
-            bad_records = self.stage_objects(staging, todo)
-            totals = self.merge_staged(staging, todo, bad_records, run_id)
+            bad_records, quarantined = self._stage_readable(store, staging, todo)
+            readable = [o for o in todo if o.key not in quarantined]
+            totals = self.merge_staged(staging, store, readable, bad_records, run_id, quarantined)
         finally:
             self.client.delete_table(staging, not_found_ok=True, retry=self.retry)
         return base.LoadResult(
-            objects_loaded=len(todo),
+            objects_loaded=len(todo) - len(totals["quarantined"]),
             objects_skipped=len(unique) - len(todo),
             lines_read=totals["lines"],
             pulls_inserted=totals["pulls"],
@@ -388,17 +451,50 @@ class BigQueryWarehouse(base.Warehouse):
             duplicates_skipped=totals["duplicates"],
             lines_rejected=totals["rejected"],
             affected_days=list(totals["days"]),
+            quarantined={key: reason for key, (reason, _) in totals["quarantined"].items()},
         )
 
-    # The three steps of a load; public so that two loads can be interleaved (tests) or driven separately.
+    def _stage_readable(
+        self, store: LandingStore, staging: bigquery.Table, objects: Sequence[LandedObject]
+    ) -> tuple[int | None, dict[str, tuple[str, str]]]:
+        """Stage ``objects``: bad records, and the objects set aside because they are gone.
 
-    def create_staging(self, run_id: str) -> bigquery.Table:
-        """A new staging table (one STRING column ``line``) that expires by itself if a run dies.
+        A load job fails whole on one missing URI: then the gone objects are found (one metadata call each) and
+        the rest staged again. A job that fails on the content (a reader stricter than BigQuery's, as the
+        emulator's) leaves the batch to the careful reading: bad records are then ``None``.
+        """
+        try:
+            return self.stage_objects(staging, objects), {}
+        except Exception as exc:
+            gone = {o.key: (OBJECT_MISSING, "not found when loaded") for o in objects if not store.exists(o.key)}
+            if not gone:
+                log.warning("the load job refused the batch; reading its %d objects carefully: %s", len(objects), exc)
+                self._empty(staging)
+                return None, {}
+        self._empty(staging)
+        rest = [o for o in objects if o.key not in gone]
+        if not rest:
+            return 0, gone
+        bad_records, _ = self._stage_readable(store, staging, rest)
+        return bad_records, gone
+
+    def _empty(self, staging: bigquery.Table) -> None:
+        self.query(f"DELETE FROM `{self.table_id(staging.table_id)}` WHERE TRUE")
+
+    # The steps of a load; public so that two loads can be interleaved (tests) or driven separately.
+
+    def create_staging(
+        self, run_id: str, suffix: str = "", schema: Sequence[bigquery.SchemaField] = ()
+    ) -> bigquery.Table:
+        """A new staging table (by default one STRING column ``line``) that expires by itself if a run dies.
 
         Its creation time is the lower bound of the load's ``loaded_at``, which lets the daily refresh
         tell rows of a load still in flight (see ``refresh_daily_pulls``).
         """
-        table = bigquery.Table(self.table_id(_staging_name(run_id)), schema=[bigquery.SchemaField("line", "STRING")])
+        table = bigquery.Table(
+            self.table_id(_staging_name(run_id) + suffix),
+            schema=list(schema) or [bigquery.SchemaField("line", "STRING")],
+        )
         table.expires = datetime.now(UTC) + self.staging_ttl
         return self.client.create_table(table, retry=self.retry)
 
@@ -433,31 +529,228 @@ class BigQueryWarehouse(base.Warehouse):
             bad_records += int(job._properties.get("statistics", {}).get("load", {}).get("badRecords", 0) or 0)
         return bad_records
 
-    def merge_staged(
-        self, staging: bigquery.Table, objects: Sequence[LandedObject], bad_records: int, run_id: str
-    ) -> dict[str, Any]:
-        """Classify the staged lines and write pulls, events, rejections and then the ledger."""
-        keys = [o.key for o in objects]
-        latest = self.query(f"SELECT MAX(loaded_at) FROM {self._t(base.LOADED_OBJECTS)}")[0][0]
-        # Never before the staging table's creation (see create_staging), and after every earlier load
-        # even if a clock stepped back: the daily refresh's watermark relies on both.
-        loaded_at = staging.created
-        if latest is not None and latest >= loaded_at:
-            loaded_at = latest + timedelta(microseconds=1)
-        row = self.query(
-            script_variables(
-                v_keys=("ARRAY<STRING>", keys),
-                v_sole_key=("STRING", keys[0] if len(keys) == 1 else None),
-                v_bad_records=("INT64", bad_records),
-                v_loaded_at=("TIMESTAMP", loaded_at),
-                v_run_id=("STRING", run_id),
-            )
-            + self._merge_script(staging)
-        )[0]
-        return dict(row.items())
+    def objects_to_read_carefully(
+        self, staging: bigquery.Table, objects: Sequence[LandedObject], bad_records: int | None
+    ) -> tuple[set[str], dict[str, int]]:
+        """Which objects the staged lines do not account for, and the line count of each one they do.
 
-    def _merge_script(self, staging: bigquery.Table) -> str:
+        An object is accounted for when the staged lines placed in it, each with its newline, hold exactly its bytes
+        (so an object without a final newline, as the receiver never writes, is read carefully) and number
+        themselves 1..n by their own landing_line. Lines the load job could not
+        read (bad records) or could not place leave some object short: if none is, every object is read
+        carefully rather than trusting a coincidence.
+        """
+        keys = [o.key for o in objects]
+        if bad_records is None:  # the load job refused the batch
+            return set(keys), {}
+        stats = {
+            row["object_key"]: row
+            for row in self.query(
+                f"""
+WITH placed AS (
+  SELECT line, blank, own_line,
+    CASE WHEN own_object IN UNNEST(@keys) THEN own_object WHEN ARRAY_LENGTH(@keys) = 1 THEN @keys[OFFSET(0)] END
+      AS object_key
+  FROM (
+    SELECT line, {_own_lineage("line", "o")},
+      line IS NULL OR TRIM(line, ' \\t\\r') = '' AS blank
+    FROM (SELECT line, IF(JSON_TYPE(j) = 'object', j, NULL) AS o
+          FROM (SELECT line, IF(BYTE_LENGTH(line) <= @max_line, SAFE.PARSE_JSON(line, wide_number_mode => 'round'),
+                                NULL) AS j
+                FROM `{self.table_id(staging.table_id)}`))))
+SELECT object_key, COUNT(*) AS staged, COUNTIF(blank) AS blank, SUM(IFNULL(BYTE_LENGTH(line), 0) + 1) AS bytes,
+  COUNT(DISTINCT IF(blank, NULL, own_line)) AS numbers, COUNTIF(NOT blank AND own_line IS NULL) AS unnumbered,
+  MIN(IF(blank, NULL, own_line)) AS first, MAX(IF(blank, NULL, own_line)) AS last,
+  COUNTIF(STRPOS(line, @replacement) > 0) AS replaced
+FROM placed GROUP BY object_key
+""",
+                [
+                    bigquery.ArrayQueryParameter("keys", "STRING", keys),
+                    bigquery.ScalarQueryParameter("max_line", "INT64", self.max_line_bytes),
+                    bigquery.ScalarQueryParameter("replacement", "STRING", "\ufffd"),
+                ],
+            )
+        }
+        careful: set[str] = set()
+        counts: dict[str, int] = {}
+        for obj in objects:
+            row = stats.get(obj.key)
+            if row is None:  # no line staged: right only for an empty object
+                if obj.size == 0:
+                    counts[obj.key] = 0
+                else:
+                    careful.add(obj.key)
+                continue
+            lines = row["staged"] - row["blank"]
+            numbered = row["unnumbered"] == 0 and row["numbers"] == lines and row["first"] == 1 and row["last"] == lines
+            # Exactly its size: a reader that dropped a byte (a CR) must not pass as an object without a final
+            # newline. A replacement character may stand for bytes that were not UTF-8: the careful reading tells.
+            if numbered and row["bytes"] == obj.size and row["replaced"] == 0:
+                counts[obj.key] = lines
+            else:
+                careful.add(obj.key)
+        if (bad_records or None in stats) and not careful:
+            careful = set(keys)
+        return careful, {key: count for key, count in counts.items() if key not in careful}
+
+    def stage_carefully(
+        self, store: LandingStore, objects: Sequence[LandedObject], keys: Sequence[str], run_id: str
+    ) -> tuple[bigquery.Table | None, dict[str, int], dict[str, tuple[str, str]]]:
+        """Read ``objects`` with ``lines.read_lines`` into a second staging table, numbered by position.
+
+        Returns the table (None when nothing was staged), each object's line count, and the objects that could
+        not be read at all. ``keys`` are the load's keys: a row names its object by its offset there.
+        """
+        offset = {key: index for index, key in enumerate(keys)}
+        counts: dict[str, int] = {}
+        unreadable: dict[str, tuple[str, str]] = {}
+        with tempfile.TemporaryFile() as staged:
+            for obj in objects:
+                start = staged.tell()
+                try:
+                    count = 0
+                    with store.open_read(obj.key) as stream:
+                        for line in read_lines(stream, self.max_line_bytes):
+                            staged.write(staging_row(offset[obj.key], line))
+                            count += 1
+                    counts[obj.key] = count
+                except Exception as exc:
+                    if (reason := unreadable_reason(exc)) is None:
+                        raise
+                    unreadable[obj.key] = (reason, f"{type(exc).__name__}: {exc}")
+                    staged.seek(start)
+                    staged.truncate()
+            if not staged.tell():
+                return None, counts, unreadable
+            staged.seek(0)
+            table = self.create_staging(run_id, "_careful", CAREFUL_SCHEMA)
+            config = bigquery.LoadJobConfig(
+                source_format=bigquery.SourceFormat.CSV,
+                schema=CAREFUL_SCHEMA,
+                field_delimiter=",",
+                quote_character="",
+                skip_leading_rows=0,
+                max_bad_records=0,
+                create_disposition=bigquery.CreateDisposition.CREATE_NEVER,
+                write_disposition=bigquery.WriteDisposition.WRITE_APPEND,
+            )
+            self.client.load_table_from_file(
+                staged, table, job_config=config, location=self.location, rewind=True
+            ).result(retry=self.retry)
+        return table, counts, unreadable
+
+    def merge_staged(
+        self,
+        staging: bigquery.Table,
+        store: LandingStore,
+        objects: Sequence[LandedObject],
+        bad_records: int | None,
+        run_id: str,
+        quarantined: dict[str, tuple[str, str]] | None = None,
+    ) -> dict[str, Any]:
+        """Account for the staged lines (reading carefully what they do not account for), write pulls, events
+        and rejections, check every object balances, and then write the ledger and the quarantine."""
+        quarantined = dict(quarantined or {})
+        careful, counts = self.objects_to_read_carefully(staging, objects, bad_records)
+        keys = [o.key for o in objects]
+        careful_table = None
+        if careful:
+            careful_table, careful_counts, unreadable = self.stage_carefully(
+                store, [o for o in objects if o.key in careful], keys, run_id
+            )
+            counts |= careful_counts
+            quarantined |= unreadable
+        try:
+            latest = self.query(f"SELECT MAX(loaded_at) FROM {self._t(base.LOADED_OBJECTS)}")[0][0]
+            # Never before the staging table's creation (see create_staging), and after every earlier load
+            # even if a clock stepped back: the daily refresh's watermark relies on both.
+            loaded_at = staging.created
+            if latest is not None and latest >= loaded_at:
+                loaded_at = latest + timedelta(microseconds=1)
+            per_object = self.query(
+                script_variables(
+                    v_keys=("ARRAY<STRING>", keys),
+                    v_sole_key=("STRING", keys[0] if len(keys) == 1 else None),
+                    v_careful_keys=("ARRAY<STRING>", sorted(careful)),
+                    v_skip_keys=("ARRAY<STRING>", sorted(quarantined)),
+                    v_max_line=("INT64", self.max_line_bytes),
+                    v_prefix=("INT64", PREFIX_BYTES),
+                    v_loaded_at=("TIMESTAMP", loaded_at),
+                    v_run_id=("STRING", run_id),
+                )
+                + self._merge_script(staging, careful_table)
+            )
+        finally:
+            if careful_table is not None:
+                self.client.delete_table(careful_table, not_found_ok=True, retry=self.retry)
+        stats = {row["landing_object"]: row for row in per_object if row["landing_object"] not in quarantined}
+        _check_accounting(stats, counts)
+        self._record_ledger(stats, quarantined, loaded_at, run_id)
+        return {
+            "lines": sum(row["lines"] for row in stats.values()),
+            "pulls": sum(row["pulls"] for row in stats.values()),
+            "events": sum(row["events"] for row in stats.values()),
+            "duplicates": sum(row["duplicates"] for row in stats.values()),
+            "rejected": sum(row["rejected"] for row in stats.values()),
+            "days": sorted(
+                {date.fromisoformat(day) for row in stats.values() for day in (row["days"] or "").split(",") if day}
+            ),
+            "quarantined": quarantined,
+        }
+
+    def _record_ledger(
+        self,
+        stats: dict[str, Any],
+        quarantined: dict[str, tuple[str, str]],
+        loaded_at: datetime,
+        run_id: str,
+    ) -> None:
+        """The ledger rows of the objects loaded (LAST: an object counts as loaded only once all of its rows are
+        in), and one quarantine row per object that could not be read at all."""
+        done, gone = sorted(stats), sorted(quarantined)
+        # Literal rows as plain SELECTs, which every engine (the emulator too) reads alike.
+        ledger_rows = " UNION ALL ".join(
+            f"SELECT {sql_literal(key)} AS landing_object, "
+            + ", ".join(f"{int(stats[key][field])} AS {column}" for field, column in _LEDGER_FIELDS)
+            for key in done
+        )
+        gone_rows = " UNION ALL ".join(
+            f"SELECT {sql_literal(key)} AS landing_object, {sql_literal(quarantined[key][0])} AS reason, "
+            f"{sql_literal(quarantined[key][1])} AS detail"
+            for key in gone
+        )
+        script = script_variables(
+            v_settled=("ARRAY<STRING>", [*done, *gone]),
+            v_loaded_at=("TIMESTAMP", loaded_at),
+            v_run_id=("STRING", run_id),
+        )
+        if done:
+            script += f"""
+INSERT INTO {self._t(base.LOADED_OBJECTS)}
+  (landing_object, lines, pulls_inserted, events_inserted, duplicates_skipped, lines_rejected, loaded_at, run_id)
+SELECT *, v_loaded_at, v_run_id FROM ({ledger_rows})
+WHERE landing_object NOT IN (
+  SELECT landing_object FROM {self._t(base.LOADED_OBJECTS)} WHERE landing_object IN UNNEST(v_settled));
+"""
+        script += f"DELETE FROM {self._t(base.QUARANTINED)} WHERE landing_object IN UNNEST(v_settled);\n"
+        if gone:
+            script += f"""
+INSERT INTO {self._t(base.QUARANTINED)} (landing_object, reason, detail, quarantined_at, run_id)
+SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
+"""
+        self.query(script)
+
+    def _merge_script(self, staging: bigquery.Table, careful: bigquery.Table | None) -> str:
         staged = f"`{staging.project}.{staging.dataset_id}.{staging.table_id}`"
+        # The careful reading's rows (see stage_carefully): position and object known, text base64-encoded.
+        careful_lines = (
+            f"""
+  UNION ALL
+  SELECT SAFE_CONVERT_BYTES_TO_STRING(FROM_BASE64(text)), NULLIF(problem, ''), position, v_keys[OFFSET(object_id)]
+  FROM `{careful.project}.{careful.dataset_id}.{careful.table_id}`"""
+            if careful is not None
+            else ""
+        )
         o = "o"
         lines = f"lines_{uuid.uuid4().hex[:8]}"  # unique: bqemulator keeps a script's temp tables after it ends
 
@@ -472,9 +765,6 @@ class BigQueryWarehouse(base.Warehouse):
 
         when_text = json_text(o, ("data", "body", "when"))
         status = ("data", "body", "error", "status")
-        # The receiver writes landing_object and landing_line first: a broken line usually still has them.
-        own_object = r'^\s*\{\s*"landing_object"\s*:\s*"([^"\\]*)"'
-        own_line = r'^\s*\{\s*"landing_object"\s*:\s*"[^"\\]*"\s*,\s*"landing_line"\s*:\s*([0-9]+)'
 
         def merge(table: str, outcome: str, values: dict[str, str]) -> str:
             sources = {
@@ -506,12 +796,17 @@ WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
 
         return f"""
 CREATE TEMP TABLE {lines} AS
-WITH raw AS (
-  SELECT line, IF(JSON_TYPE(j) = 'object', j, NULL) AS o
-  FROM (SELECT line, SAFE.PARSE_JSON(line, wide_number_mode => 'round') AS j
-        FROM {staged} WHERE line IS NOT NULL AND TRIM(line, ' \\t\\r') != '')
+WITH read AS (
+  SELECT line, CAST(NULL AS STRING) AS problem, CAST(NULL AS INT64) AS position, CAST(NULL AS STRING) AS read_key
+  FROM {staged} WHERE line IS NOT NULL AND TRIM(line, ' \\t\\r') != ''{careful_lines}
+), raw AS (
+  SELECT line, problem, position, read_key, IF(JSON_TYPE(j) = 'object', j, NULL) AS o
+  -- An overlong line is never parsed: its size alone rejects it.
+  FROM (SELECT *, IF(problem IS NULL AND BYTE_LENGTH(line) <= v_max_line,
+                     SAFE.PARSE_JSON(line, wide_number_mode => 'round'), NULL) AS j
+        FROM read)
 ), parsed AS (
-  SELECT line, o,
+  SELECT line, o, problem, position, read_key,
     JSON_VALUE(o, '$.id') AS event_id,
     JSON_VALUE(o, '$.source') AS event_source,
     JSON_VALUE(o, '$.type') AS event_type,
@@ -521,11 +816,11 @@ WITH raw AS (
     {timestamp_from_text(json_text(o, ("received_at",)))} AS received_at,
     {json_text(o, ("received_by",))} AS received_by,
     {more_attributes},
-    IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_object}'), JSON_VALUE(o, '$.landing_object')) AS own_object,
-    SAFE_CAST(IF(o IS NULL, REGEXP_EXTRACT(line, r'{own_line}'), JSON_VALUE(o, '$.landing_line')) AS INT64)
-      AS own_line,
+    {_own_lineage("line", o)},
     SAFE_CAST({when_text} AS DATETIME) AS body_when,
     CASE
+      WHEN problem IS NOT NULL THEN problem
+      WHEN BYTE_LENGTH(line) > v_max_line THEN 'line_too_large'
       WHEN o IS NULL THEN 'invalid_json'
       WHEN {attribute_missing("id")} THEN 'missing_attribute:id'
       WHEN {attribute_missing("source")} THEN 'missing_attribute:source'
@@ -546,19 +841,26 @@ WITH raw AS (
   FROM raw
 ), placed AS (
   SELECT *,
-    -- The object a line is counted for in the ledger: its own key when it names one of the batch.
-    CASE WHEN own_object IN UNNEST(v_keys) THEN own_object WHEN v_sole_key IS NOT NULL THEN v_sole_key END
-      AS object_key,
+    -- The object a line is counted for in the ledger: the one it was read from when read carefully, else its
+    -- own key when it names one of the batch (objects_to_read_carefully accepted exactly those placings).
+    COALESCE(read_key, CASE WHEN own_object IN UNNEST(v_keys) THEN own_object
+                            WHEN v_sole_key IS NOT NULL THEN v_sole_key END) AS object_key,
     event_type = {sql_literal(base.PULL_TYPE)} AS is_pull
   FROM parsed
+), accounted AS (
+  -- A careful reading replaces the load job's reading of its objects; a line the load job could not place
+  -- belongs to one of them.
+  SELECT * FROM placed
+  WHERE read_key IS NOT NULL OR (object_key NOT IN UNNEST(v_careful_keys) AND object_key NOT IN UNNEST(v_skip_keys))
 ), ranked AS (
   SELECT *,
     COALESCE(own_object, object_key) AS landing_object,
-    own_line AS landing_line,
+    COALESCE(own_line, position) AS landing_line,
     IF(reason IS NULL, ROW_NUMBER() OVER (
       PARTITION BY reason IS NULL, is_pull, event_source, event_id
-      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), own_line), NULL) AS copy_number
-  FROM placed
+      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), COALESCE(own_line, position)), NULL)
+      AS copy_number
+  FROM accounted
 ), existing AS (
   SELECT DISTINCT TRUE AS is_pull, t.event_source, t.event_id
   FROM {self._t(base.PULLS)} t
@@ -583,30 +885,23 @@ LEFT JOIN existing e
 {merge(base.PULLS, "pull", pull_values)}
 {merge(base.EVENTS, "event", event_values)}
 
+-- Where the load read the line: what a rejected line says of itself is not to be trusted.
 INSERT INTO {self._t(base.REJECTED)} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
-SELECT landing_object, landing_line, reason, line, v_loaded_at, v_run_id FROM {lines} l
+SELECT object_key, COALESCE(position, own_line), reason,
+  IF(reason = 'line_too_large' AND problem IS NULL, LEFT(line, v_prefix), line), v_loaded_at, v_run_id
+FROM {lines} l
 WHERE outcome = 'rejected' AND NOT EXISTS (
   SELECT 1 FROM {self._t(base.REJECTED)} r
-  WHERE r.landing_object = l.landing_object AND r.landing_line = l.landing_line)
-UNION ALL
-SELECT v_sole_key, NULL, 'unreadable_line', NULL, v_loaded_at, v_run_id FROM UNNEST(GENERATE_ARRAY(1, v_bad_records));
+  WHERE r.landing_object = l.object_key AND r.landing_line = COALESCE(l.position, l.own_line));
 
--- The ledger last: an object counts as loaded only once all of its rows are in.
-INSERT INTO {self._t(base.LOADED_OBJECTS)}
-  (landing_object, lines, pulls_inserted, events_inserted, duplicates_skipped, lines_rejected, loaded_at, run_id)
-SELECT k, COUNT(l.outcome) + IF(k = v_sole_key, v_bad_records, 0),
-  COUNTIF(l.outcome = 'pull'), COUNTIF(l.outcome = 'event'), COUNTIF(l.outcome = 'duplicate'),
-  COUNTIF(l.outcome = 'rejected') + IF(k = v_sole_key, v_bad_records, 0), v_loaded_at, v_run_id
+-- What each object's lines became: checked against its bytes' count before its ledger row is written.
+SELECT k AS landing_object, COUNT(l.outcome) AS lines,
+  COUNTIF(l.outcome = 'pull') AS pulls, COUNTIF(l.outcome = 'event') AS events,
+  COUNTIF(l.outcome = 'duplicate') AS duplicates, COUNTIF(l.outcome = 'rejected') AS rejected,
+  STRING_AGG(DISTINCT IF(l.outcome = 'pull', CAST(DATE(l.body_when) AS STRING), NULL), ',') AS days
 FROM UNNEST(v_keys) AS k
 LEFT JOIN {lines} l ON l.object_key = k
-WHERE k NOT IN (SELECT landing_object FROM {self._t(base.LOADED_OBJECTS)} WHERE landing_object IN UNNEST(v_keys))
 GROUP BY k;
-
-SELECT COUNT(*) + v_bad_records AS lines,
-  COUNTIF(outcome = 'pull') AS pulls, COUNTIF(outcome = 'event') AS events,
-  COUNTIF(outcome = 'duplicate') AS duplicates, COUNTIF(outcome = 'rejected') + v_bad_records AS rejected,
-  ARRAY(SELECT DISTINCT DATE(body_when) AS day FROM {lines} WHERE outcome = 'pull' ORDER BY day) AS days
-FROM {lines};
 """
 
     def refresh_daily_pulls(self) -> base.RefreshResult:
@@ -677,18 +972,23 @@ SELECT ARRAY(SELECT day FROM {days} ORDER BY day) AS days,
         self._ready()
         summary = self._t(base.REPOSITORY_SUMMARY)
         row = self.query(
-            f"""
+            script_variables(v_tolerance_s=("INT64", int(self.future_tolerance.total_seconds())))
+            + f"""
+-- The refresh time (computed_at), also as UTC civil time like body.when. A pull dated past the horizon is not
+-- plausible: it counts in no time-based figure, so it cannot empty everyone's windows (the checks flag it).
+DECLARE v_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP();
+DECLARE v_now DATETIME DEFAULT DATETIME(v_at);
+DECLARE v_horizon DATETIME DEFAULT DATETIME_ADD(v_now, INTERVAL v_tolerance_s SECOND);
 BEGIN TRANSACTION;
 DELETE FROM {summary} WHERE TRUE;
 INSERT INTO {summary} (repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients,
   first_seen, last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags, computed_at)
 WITH p AS (
-  SELECT repository, body.`when` AS seen, body.tag AS tag, body.error IS NOT NULL AS failed,
+  SELECT repository, body.`when` AS seen, body.`when` <= v_horizon AS plausible, body.tag AS tag,
+    body.error IS NOT NULL AS failed,
     body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL AS image_pull,
     actor.subject AS actor, body.remote_address AS client
   FROM {self._t(base.PULLS)}
-), latest AS (
-  SELECT MAX(seen) AS latest FROM p
 ), tag_pulls AS (
   SELECT repository, tag, COUNT(*) AS image_pulls FROM p WHERE image_pull AND tag IS NOT NULL GROUP BY repository, tag
 ), top AS (
@@ -697,11 +997,11 @@ WITH p AS (
   FROM tag_pulls GROUP BY repository
 )
 SELECT p.repository, COUNT(*), COUNTIF(image_pull), COUNTIF(failed), COUNTIF(failed) / COUNT(*),
-  COUNT(DISTINCT actor), COUNT(DISTINCT client), MIN(seen), MAX(seen),
-  COUNTIF(image_pull AND seen > DATETIME_SUB(latest.latest, INTERVAL 7 DAY)),
-  COUNTIF(image_pull AND seen > DATETIME_SUB(latest.latest, INTERVAL 30 DAY)),
-  IFNULL(ANY_VALUE(top.top_tags), []), CURRENT_TIMESTAMP()
-FROM p CROSS JOIN latest LEFT JOIN top ON top.repository = p.repository
+  COUNT(DISTINCT actor), COUNT(DISTINCT client), MIN(IF(plausible, seen, NULL)), MAX(IF(plausible, seen, NULL)),
+  COUNTIF(image_pull AND plausible AND seen > DATETIME_SUB(v_now, INTERVAL 7 DAY)),
+  COUNTIF(image_pull AND plausible AND seen > DATETIME_SUB(v_now, INTERVAL 30 DAY)),
+  IFNULL(ANY_VALUE(top.top_tags), []), v_at
+FROM p LEFT JOIN top ON top.repository = p.repository
 GROUP BY p.repository;
 COMMIT TRANSACTION;
 SELECT COUNT(*) AS table_rows FROM {summary};
@@ -742,6 +1042,18 @@ WITH sample AS (
 SELECT key, COUNT(*) AS n FROM ({per_level}) GROUP BY key ORDER BY n DESC, key LIMIT 10
 """
         )
+        # Pulls dated beyond the warehouse's clock plus the tolerance, the farthest ahead named first.
+        future = self.query(
+            f"""
+SELECT COUNT(*) OVER () AS n, event_source, event_id, repository, body.`when` AS pulled_at FROM {pulls}
+WHERE body.`when` > DATETIME_ADD(DATETIME(CURRENT_TIMESTAMP()), INTERVAL @tolerance_s SECOND)
+ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
+""",
+            [
+                bigquery.ScalarQueryParameter("tolerance_s", "INT64", int(self.future_tolerance.total_seconds())),
+                bigquery.ScalarQueryParameter("n", "INT64", base.FUTURE_DATED_EXAMPLES),
+            ],
+        )
         return base.CheckFigures(
             duplicate_keys=row["duplicate_keys"],
             missing_required=row["missing_required"],
@@ -752,6 +1064,10 @@ SELECT key, COUNT(*) AS n FROM ({per_level}) GROUP BY key ORDER BY n DESC, key L
             pull_rows=raw["pull_rows"],
             rows_with_raw_event=raw["with_raw"],
             keys_without_column={r["key"]: r["n"] for r in keys},
+            future_dated_pulls=future[0]["n"] if future else 0,
+            future_dated_examples=[
+                base.FutureDatedPull(r["event_source"], r["event_id"], r["repository"], r["pulled_at"]) for r in future
+            ],
         )
 
     def row_count(self, table: str) -> int:
@@ -776,3 +1092,38 @@ SELECT key, COUNT(*) AS n FROM ({per_level}) GROUP BY key ORDER BY n DESC, key L
         for table in (*TABLES, *leftovers):
             self.client.delete_table(self.table_id(table), not_found_ok=True, retry=self.retry)
         self._ensured = False
+
+    # -- a rebuild's shadow copy: the dataset <dataset>__rebuild ----------------------------------------
+
+    def shadow(self) -> BigQueryWarehouse:
+        self.drop_shadow()
+        shadow = copy.copy(self)  # every setting of this warehouse, on another dataset
+        shadow.dataset = self.dataset + base.SHADOW_SUFFIX
+        shadow._ensured = False
+        return shadow
+
+    def swap_in(self, shadow: base.Warehouse) -> None:
+        """Replace every table's rows by the shadow's, in one multi-statement transaction.
+
+        A transaction commits its DML on every table together or not at all. DELETE + INSERT (not copy jobs,
+        which commit one table at a time) also keeps each table's schema, partitioning and clustering.
+        """
+        if not isinstance(shadow, BigQueryWarehouse) or shadow.dataset == self.dataset:
+            raise ValueError("swap_in takes this warehouse's shadow (see shadow())")
+        self.ensure_tables()
+        statements = ""
+        for table, columns in TABLES.items():
+            names = ", ".join(ident(column.name) for column in columns)
+            statements += (
+                f"DELETE FROM {self._t(table)} WHERE TRUE;\n"
+                f"INSERT INTO {self._t(table)} ({names}) SELECT {names} FROM {shadow._t(table)};\n"
+            )
+        self.query(f"BEGIN TRANSACTION;\n{statements}COMMIT TRANSACTION;\n")
+
+    def drop_shadow(self) -> None:
+        self.client.delete_dataset(
+            f"{self.client.project}.{self.dataset}{base.SHADOW_SUFFIX}",
+            delete_contents=True,
+            not_found_ok=True,
+            retry=self.retry,
+        )

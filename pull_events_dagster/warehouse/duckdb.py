@@ -1,15 +1,19 @@
 """The warehouse in a DuckDB file: set-based SQL over the landing objects, one transaction per load.
 
 A load first stages its lines in temp tables, outside the transaction: DuckDB's parallel CSV reader
-splits the files into lines, each numbered by the ``landing_line`` the receiver wrote into it (objects
-whose lines cannot number themselves are read whole and split in SQL, so a broken line is still one row
-with its position). Each line is validated as JSON (``TRY_CAST(... AS JSON)``) and parsed once into a
+splits the files into lines, each numbered by the ``landing_line`` the receiver wrote into it. That
+reading is trusted for an object only when its lines hold exactly the object's bytes, numbered 1..n;
+any other object (and every object of a group the CSV reader refuses) is read carefully, streamed
+through ``lines.read_lines``, so a broken, overlong or non-UTF-8 line is still one row with its
+position and nothing of an object is ever skipped. Each line is validated as JSON
+(``TRY_CAST(... AS JSON)``; a line over ``max_line_bytes`` is rejected unparsed) and parsed once into a
 struct shaped by ``schema.py`` (``from_json``); the values whose JSON type a rejection rule looks at are
 read as JSON fragments, whose first character tells the type. Only the rare pull lines that parse leaves
 undecided (a missing or odd ``data``, ``body`` or ``actor``) get their JSON types read (``json_type``).
 A line's keys are counted (``json_keys``) against the fields its columns hold: only a line with more
 (an unknown extension, data field or claim, a null value) keeps its text as ``raw_event``. Then one
-transaction writes the rows, the rejected lines and the ledger. No Python touches individual lines.
+transaction writes the rows, the rejected lines and the ledger, after checking that every object's lines
+are each a row, a duplicate or rejected. No Python touches individual lines on the fast path.
 
 DuckDB admits one writer process per file. A process that holds the file open (an analyst's CLI, a
 notebook) makes ``connect`` fail with a lock error: connections are retried with backoff for
@@ -18,8 +22,10 @@ notebook) makes ``connect`` fail with a lock error: connections are retried with
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -34,7 +40,15 @@ from typing import Any
 import duckdb
 
 from pull_events.landing import LandedObject, LandingStore
+from pull_events.settings import DEFAULT_MAX_LINE_BYTES
 from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse.lines import (
+    PREFIX_BYTES,
+    read_lines,
+    staged_row_bytes,
+    staging_row,
+    unreadable_reason,
+)
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     KEY_SAMPLE_ROWS,
@@ -185,71 +199,77 @@ def table_ddl(schema: str, table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {quote(schema)}.{quote(table)} (\n  {columns}\n)"
 
 
-# The two line readers of a load; each gives (filename, undecodable, line, position) rows.
+# The two line readers of a load; each gives (object_id, line, position, problem) rows.
 #
 # Fast: DuckDB's parallel CSV reader, one VARCHAR column per line. No delimiter, quote or escape can
 # occur in a valid JSON line, and strict mode makes anything it would alter (a CR, a control character,
 # bytes that are not UTF-8, an overlong line) an error rather than a changed line. Positions come from
-# each line's own landing_line.
+# each line's own landing_line, and are trusted only where they account for every byte (_NUMBERING).
 _LINES_BY_CSV = """
-    SELECT filename, false AS undecodable, line, CAST(NULL AS BIGINT) AS position
+    SELECT f.object_id, s.line, CAST(NULL AS BIGINT) AS position, CAST(NULL AS VARCHAR) AS problem
     FROM read_csv($paths, columns = {'line': 'VARCHAR'}, delim = chr(1), quote = '', escape = '',
-        new_line = '\\n', header = false, auto_detect = false, strict_mode = true, filename = true)
+        new_line = '\\n', header = false, auto_detect = false, strict_mode = true, filename = true) s
+    JOIN pe_paths f ON f.path = s.filename
 """
-# Positional: each file whole (one task per file), split on newlines. read_blob + decode rather than
-# read_text, so a file that is not valid UTF-8 is flagged rather than failing the load; only the flag
-# leaves the subquery, as carrying the text would copy it per line. A leading byte-order mark is dropped,
-# as the CSV reader does.
-_LINES_BY_POSITION = """
-    WITH lines AS MATERIALIZED (
-        SELECT filename, text IS NULL AS undecodable,
-            unnest(string_split(coalesce(text, ''), chr(10))) AS line,
-            generate_subscripts(string_split(coalesce(text, ''), chr(10)), 1) AS position
-        FROM (
-            SELECT filename, CASE WHEN starts_with(text, chr(65279)) THEN text[2:] ELSE text END AS text
-            FROM (SELECT filename, try(decode(content)) AS text FROM read_blob($paths))
-        )
-    )
-    SELECT * FROM lines
+# Careful: the rows ``lines.read_lines`` wrote, numbered by position, the text base64-encoded.
+_LINES_CAREFULLY = """
+    SELECT object_id, decode(from_base64(text)) AS line, position, problem
+    FROM read_csv($paths, columns = {'object_id': 'INTEGER', 'position': 'BIGINT', 'problem': 'VARCHAR',
+            'text': 'VARCHAR'},
+        delim = ',', quote = '', escape = '', new_line = '\\n', header = false, auto_detect = false,
+        strict_mode = true, max_line_size = $max_staged_row)
 """
-
-
 # The shape of both readers' rows, without any: the staging tables are created from it.
 _NO_LINES = """
-    SELECT NULL::VARCHAR AS filename, false AS undecodable, NULL::VARCHAR AS line, NULL::BIGINT AS position
+    SELECT NULL::INTEGER AS object_id, NULL::VARCHAR AS line, NULL::BIGINT AS position, NULL::VARCHAR AS problem
     WHERE false
 """
-# How each object read by the CSV reader is numbered: by its lines' own landing_line when they all carry
-# distinct ones; with the one missing number when exactly one line cannot carry it among lines numbered
-# 1..n (and no blank line shifts the count); else (whole) it is read again by the positional reader.
+# Which objects the CSV reader accounted for. Every byte of the file must be in a staged line, each with its
+# newline (an object without a final newline, as the receiver never writes, is read carefully), and the
+# lines must number themselves: by their
+# own landing_line 1..n, or with the one missing number when exactly one line cannot carry it (and no blank
+# line shifts the count). Any other object is read again carefully, whole. ``lines`` is the count the load
+# must then account for.
 _NUMBERING = """
     INSERT INTO pe_objects
     SELECT object_id, k.object_key,
-        NOT (unnumbered = 0 AND numbers = lines - blank
-            OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1 AND first >= 1 AND last <= lines),
-        CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - total END
-    FROM (
+        NOT coalesce(
+            staged_bytes = z.size
+            AND (unnumbered = 0 AND numbers = lines - blank AND first = 1 AND last = lines - blank
+                OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1
+                    AND coalesce(first, 1) >= 1 AND coalesce(last, 1) <= lines),
+            z.size = 0) AS careful,
+        CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - coalesce(total, 0) END AS gap,
+        coalesce(lines - blank, 0) AS lines
+    FROM pe_sizes z JOIN pe_keys k USING (object_id)
+    LEFT JOIN (
         SELECT object_id, count(*) AS lines, count(*) FILTER (blank) AS blank,
             count(*) FILTER (NOT blank AND position IS NULL) AS unnumbered,
             count(DISTINCT position) AS numbers, min(position) AS first, max(position) AS last,
-            sum(position) AS total
+            sum(position) AS total, sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
         FROM pe_lines_csv WHERE object_id IN (SELECT unnest($ids)) GROUP BY object_id
-    ) JOIN pe_keys k USING (object_id)
+    ) USING (object_id)
+    WHERE object_id IN (SELECT unnest($ids))
 """
+# Glob characters: a path holding one cannot be handed to DuckDB's file readers, which would expand it.
+_GLOB = re.compile(r"[*?\[\]{}]")
 
 
 class WarehouseLocked(RuntimeError):
     """The DuckDB file stayed locked by another process for longer than the lock timeout."""
 
 
-class LandingObjectMissing(FileNotFoundError):
-    """A landing object named in a load could not be read (nothing of the load is written)."""
+class LoadAccountingError(RuntimeError):
+    """A load could not account for every line of an object: nothing of the load is written."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Chunk:
+    """Objects of one load read together: the local path of each, and those that could not be read at all."""
+
     objects: list[LandedObject]
     paths: list[str]
+    quarantined: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, detail)
 
 
 class DuckDBWarehouse(base.Warehouse):
@@ -270,6 +290,8 @@ class DuckDBWarehouse(base.Warehouse):
         chunk_bytes: int = 64 * 1024 * 1024,
         memory_limit: str | None = "512MB",
         download_dir: Path | None = None,
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        future_tolerance: timedelta = base.FUTURE_TOLERANCE,
     ) -> None:
         if memory_limit is not None and not _MEMORY_SIZE.match(memory_limit):
             raise ValueError(f"memory_limit {memory_limit!r} is not a size such as '512MB' or '2GiB'")
@@ -279,6 +301,8 @@ class DuckDBWarehouse(base.Warehouse):
         self.chunk_bytes = chunk_bytes
         self.memory_limit = memory_limit
         self.download_dir = download_dir
+        self.max_line_bytes = max_line_bytes
+        self.future_tolerance = future_tolerance  # pulls dated further ahead of now count in no time window
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -385,18 +409,18 @@ class DuckDBWarehouse(base.Warehouse):
             todo = [o for o in unique if o.key not in done]
             if todo:
                 # Reading fills temp tables only, outside the transaction, so that a statement failing there
-                # (DuckDB's CSV reader refusing a file) can be answered by the other reader.
-                self._stage_lines(conn, store, todo)
+                # (DuckDB's CSV reader refusing a file) can be answered by the careful reader.
+                quarantined = self._stage_lines(conn, store, todo)
                 conn.execute("BEGIN TRANSACTION")
                 try:
-                    self._write_rows(conn, self._next_loaded_at(conn), run_id)
-                    totals = _Totals.read(conn)
+                    self._write_rows(conn, self._next_loaded_at(conn), run_id, quarantined)
+                    totals = _Totals.read(conn, quarantined)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise
         return base.LoadResult(
-            objects_loaded=len(todo),
+            objects_loaded=len(todo) - len(totals.quarantined),
             objects_skipped=len(unique) - len(todo),
             lines_read=totals.lines,
             pulls_inserted=totals.pulls,
@@ -404,6 +428,7 @@ class DuckDBWarehouse(base.Warehouse):
             duplicates_skipped=totals.duplicates,
             lines_rejected=totals.rejected,
             affected_days=totals.days,
+            quarantined=totals.quarantined,
         )
 
     def _next_loaded_at(self, conn: duckdb.DuckDBPyConnection) -> datetime:
@@ -417,15 +442,25 @@ class DuckDBWarehouse(base.Warehouse):
 
     @contextmanager
     def _downloaded(self, store: LandingStore, objects: Sequence[LandedObject]) -> Iterator[_Chunk]:
-        """Copies of ``objects`` fetched into a temp dir, deleted afterwards."""
+        """Copies of ``objects`` fetched into a temp dir, deleted afterwards; objects the store lacks are set aside."""
         tmp = Path(tempfile.mkdtemp(prefix="pull-events-load-", dir=self.download_dir))
         try:
-            paths = []
+            chunk = _Chunk([], [])
             for index, obj in enumerate(objects):
                 path = tmp / f"{index:06d}.ndjson"
-                path.write_bytes(store.read(obj.key))
-                paths.append(str(path))
-            yield _Chunk(list(objects), paths)
+                try:
+                    # Streamed: an object of any size costs one buffer of memory.
+                    with store.open_read(obj.key) as source, path.open("wb") as target:
+                        shutil.copyfileobj(source, target, 8 * 1024 * 1024)
+                except Exception as exc:
+                    if (reason := unreadable_reason(exc)) is None:
+                        raise  # a transient failure: the run fails and is retried, nothing is written
+                    chunk.quarantined[obj.key] = (reason, f"{type(exc).__name__}: {exc}")
+                    path.unlink(missing_ok=True)
+                    continue
+                chunk.objects.append(obj)
+                chunk.paths.append(str(path))
+            yield chunk
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -433,7 +468,7 @@ class DuckDBWarehouse(base.Warehouse):
         """Groups of objects to read: a store's own files all at once, downloads ``chunk_bytes`` at a time."""
         uris = [store.uri(o.key) for o in objects]
         if all("://" not in uri for uri in uris):
-            yield nullcontext(_Chunk(list(objects), uris))
+            yield nullcontext(_local_chunk(objects, uris))
             return
         group: list[LandedObject] = []
         size = 0
@@ -446,8 +481,15 @@ class DuckDBWarehouse(base.Warehouse):
         if group:
             yield self._downloaded(store, group)
 
-    def _write_rows(self, conn: duckdb.DuckDBPyConnection, loaded_at: datetime, run_id: str) -> None:
-        """Write the staged lines' rows and their objects' ledger entries (the caller holds the transaction)."""
+    def _write_rows(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        loaded_at: datetime,
+        run_id: str,
+        quarantined: dict[str, tuple[str, str]],
+    ) -> None:
+        """Write the staged lines' rows, their objects' ledger entries and the objects set aside (the caller
+        holds the transaction)."""
         pulls, events, rejected = self._table(base.PULLS), self._table(base.EVENTS), self._table(base.REJECTED)
         # One row per (kind, source, id): the first copy by (received_at, landing_object, landing_line),
         # unless the key is already in its table. Only the losers are collected (later copies of a key
@@ -491,12 +533,11 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(
             f"""
             INSERT INTO {rejected} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
-            SELECT c.landing_object, c.landing_line, c.reason, c.rejected_line,
-                $loaded_at, $run_id
-            FROM pe_lines c
+            -- Where the load read the line: what a rejected line says of itself is not to be trusted.
+            SELECT k.object_key, c.position, c.reason, c.rejected_line, $loaded_at, $run_id
+            FROM pe_lines c JOIN pe_keys k USING (object_id)
             WHERE c.reason IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM {rejected} r
-                WHERE r.landing_object = c.landing_object AND r.landing_line = c.landing_line)
+                SELECT 1 FROM {rejected} r WHERE r.landing_object = k.object_key AND r.landing_line = c.position)
             """,
             {**params, "run_id": run_id},
         )
@@ -508,12 +549,13 @@ class DuckDBWarehouse(base.Warehouse):
                 count(*) FILTER (c.reason IS NULL AND NOT c.is_pull AND l.position IS NULL) AS events_inserted,
                 count(l.position) AS duplicates_skipped,
                 count(*) FILTER (c.reason IS NOT NULL) AS lines_rejected
-            FROM pe_keys f
+            FROM pe_objects f
             LEFT JOIN pe_lines c USING (object_id)
             LEFT JOIN pe_losers l USING (object_id, position)
             GROUP BY f.object_key
             """,
         )
+        _check_accounting(conn)
         # The ledger in the same transaction: an object is "loaded" exactly when all of its rows are.
         conn.execute(
             f"INSERT INTO {self._table(base.LOADED_OBJECTS)} (landing_object, lines, pulls_inserted, "
@@ -521,6 +563,7 @@ class DuckDBWarehouse(base.Warehouse):
             "SELECT *, $loaded_at, $run_id FROM pe_stats",
             {"loaded_at": loaded_at, "run_id": run_id},
         )
+        self._record_quarantine(conn, quarantined, loaded_at, run_id)
         # This load's rows are the ones stamped with its loaded_at (zone maps skip every older row group).
         conn.execute(
             f"""
@@ -530,16 +573,46 @@ class DuckDBWarehouse(base.Warehouse):
             params,
         )
 
+    def _record_quarantine(
+        self,
+        conn: duckdb.DuckDBPyConnection,
+        quarantined: dict[str, tuple[str, str]],
+        at: datetime,
+        run_id: str,
+    ) -> None:
+        """Keep one row per object that could not be read at all; an object this load did read leaves the table."""
+        table = self._table(base.QUARANTINED)
+        conn.execute(f"DELETE FROM {table} WHERE landing_object IN (SELECT object_key FROM pe_objects)")
+        if not quarantined:
+            return
+        keys = sorted(quarantined)
+        conn.execute(f"DELETE FROM {table} WHERE landing_object IN (SELECT unnest($keys))", {"keys": keys})
+        conn.execute(
+            f"""
+            INSERT INTO {table} (landing_object, reason, detail, quarantined_at, run_id)
+            SELECT unnest($keys), unnest($reasons), unnest($details), $at, $run_id
+            """,
+            {
+                "keys": keys,
+                "reasons": [quarantined[key][0] for key in keys],
+                "details": [quarantined[key][1] for key in keys],
+                "at": at,
+                "run_id": run_id,
+            },
+        )
+
     def _stage_lines(
         self, conn: duckdb.DuckDBPyConnection, store: LandingStore, objects: Sequence[LandedObject]
-    ) -> None:
+    ) -> dict[str, tuple[str, str]]:
         """The view ``pe_lines``: every non-blank line of ``objects``, parsed, numbered and judged.
 
         Lines are read by DuckDB's parallel CSV reader and numbered by the ``landing_line`` the receiver
-        wrote into each of them. An object with one line too broken to carry its number, among lines
-        numbered 1..n, gives it the missing number. Any other object whose lines do not number themselves,
-        and every object of a group the CSV reader refuses (a CR, a control character, bytes that are not
-        UTF-8), is read again whole and split on newlines. Both ways give every line the same row.
+        wrote into each of them. An object whose staged lines do not hold exactly its bytes, numbered 1..n
+        (or 1..n with one line too broken to carry its number), and every object of a group the CSV reader
+        refuses (a CR, a control character, bytes that are not UTF-8, an overlong line), is read again
+        carefully (``lines.read_lines``). Both ways give every line the same row. ``pe_objects`` holds
+        each object read, with the number of lines its bytes hold. Returns the objects that could not be
+        read at all (key -> reason, detail).
         """
         # Staged lines name their object by a number (pe_keys): a key per line would be copied a million times.
         ids = {obj.key: index for index, obj in enumerate(objects)}
@@ -548,14 +621,21 @@ class DuckDBWarehouse(base.Warehouse):
             "SELECT unnest($ids::INTEGER[]) AS object_id, unnest($keys::VARCHAR[]) AS object_key",
             {"ids": list(ids.values()), "keys": list(ids)},
         )
-        self._classify(conn, "CREATE OR REPLACE TEMP TABLE pe_lines_whole AS", _NO_LINES, [], [], ids)
-        conn.execute("CREATE OR REPLACE TEMP TABLE pe_lines_csv AS FROM pe_lines_whole LIMIT 0")
+        self._classify(conn, "CREATE OR REPLACE TEMP TABLE pe_lines_careful AS", _NO_LINES, [])
+        conn.execute("CREATE OR REPLACE TEMP TABLE pe_lines_csv AS FROM pe_lines_careful LIMIT 0")
+        conn.execute("CREATE OR REPLACE TEMP TABLE pe_sizes (object_id INTEGER, size BIGINT)")
         conn.execute(
-            "CREATE OR REPLACE TEMP TABLE pe_objects (object_id INTEGER, object_key VARCHAR, whole BOOLEAN, gap BIGINT)"
+            "CREATE OR REPLACE TEMP TABLE pe_objects "
+            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, gap BIGINT, lines BIGINT)"
         )
+        quarantined: dict[str, tuple[str, str]] = {}
         for chunk in self._chunks(store, objects):
             with chunk as files:
-                self._stage_chunk(conn, files, ids)
+                quarantined |= files.quarantined
+                if files.objects:
+                    self._stage_chunk(conn, files, ids)
+        for key, (reason, detail) in sorted(quarantined.items()):
+            log.warning("%s cannot be read (%s): quarantined, the rest of the batch loads: %s", key, reason, detail)
         # A line names its own landing object only where that differs from the key it was read from.
         conn.execute(
             """
@@ -564,80 +644,80 @@ class DuckDBWarehouse(base.Warehouse):
                 coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line,
                 coalesce(c.landing_object, o.object_key) AS landing_object)
             FROM pe_lines_csv c JOIN pe_objects o USING (object_id)
-            WHERE NOT o.whole AND NOT c.blank
+            WHERE NOT o.careful AND NOT c.blank
             UNION ALL
             SELECT w.* REPLACE (coalesce(w.landing_object, o.object_key) AS landing_object)
-            FROM pe_lines_whole w JOIN pe_objects o USING (object_id)
-            WHERE NOT w.blank AND NOT w.undecodable
+            FROM pe_lines_careful w JOIN pe_objects o USING (object_id)
+            WHERE NOT w.blank
             """
         )
+        return quarantined
 
     def _stage_chunk(self, conn: duckdb.DuckDBPyConnection, files: _Chunk, ids: dict[str, int]) -> None:
-        keys = [o.key for o in files.objects]
-        # Both readers skip files they cannot find: an object must never be recorded as loaded without its lines.
-        found = {
-            row[0] for row in conn.execute("SELECT filename FROM read_blob($paths)", {"paths": files.paths}).fetchall()
-        }
-        missing = [key for key, path in zip(keys, files.paths, strict=True) if path not in found]
-        if missing:
-            raise LandingObjectMissing(f"{len(missing)} landing objects cannot be read, e.g. {missing[0]}")
-        path_of = dict(zip(keys, files.paths, strict=True))
-        try:
-            self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, files.paths, keys, ids)
-        except duckdb.InvalidInputException as exc:
-            log.info("reading %d objects whole: %s", len(keys), str(exc).splitlines()[0])
-            conn.execute(
-                "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL FROM pe_keys "
-                "WHERE object_key IN (SELECT unnest($keys))",
-                {"keys": keys},
-            )
-        else:
-            conn.execute(_NUMBERING, {"ids": [ids[key] for key in keys]})
-        whole = [
-            key
-            for (key,) in conn.execute(
-                "SELECT object_key FROM pe_objects WHERE whole AND object_key IN (SELECT unnest($keys))", {"keys": keys}
-            ).fetchall()
-        ]
-        if not whole:
-            return
-        self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, [path_of[k] for k in whole], whole, ids)
-        undecodable = conn.execute(
-            "SELECT DISTINCT k.object_key FROM pe_lines_whole JOIN pe_keys k USING (object_id) "
-            "WHERE undecodable AND object_id IN (SELECT unnest($ids))",
-            {"ids": [ids[key] for key in whole]},
-        ).fetchall()
-        if not undecodable:
-            return
-        with tempfile.TemporaryDirectory(prefix="pull-events-utf8-", dir=self.download_dir) as tmp:
-            copies, copy_keys = [], []
-            for index, (key,) in enumerate(undecodable):
-                # Bad bytes become \\xNN escapes, which are never valid JSON: exactly those lines are
-                # rejected (invalid_json) while every other line keeps its text and position.
-                copy = Path(tmp) / f"{index:06d}.ndjson"
-                text = Path(path_of[key]).read_bytes().decode("utf-8", errors="backslashreplace")
-                copy.write_text(text, encoding="utf-8")
-                log.warning("%s is not valid UTF-8: loading it with its bad bytes escaped", key)
-                copies.append(str(copy))
-                copy_keys.append(key)
-            self._classify(conn, "INSERT INTO pe_lines_whole", _LINES_BY_POSITION, copies, copy_keys, ids)
+        chunk_ids = [ids[o.key] for o in files.objects]
+        conn.execute(
+            "INSERT INTO pe_sizes SELECT unnest($ids::INTEGER[]), unnest($sizes::BIGINT[])",
+            {"ids": chunk_ids, "sizes": [os.path.getsize(path) for path in files.paths]},
+        )
+        fast = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if not _GLOB.search(path)]
+        careful = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if _GLOB.search(path)]
+        if fast:
+            keys, paths = [key for key, _ in fast], [path for _, path in fast]
+            self._paths(conn, paths, keys, ids)
+            try:
+                self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, paths)
+            except duckdb.Error as exc:
+                # Whatever the fast reader refuses, the careful one reads; if that fails too, the load fails.
+                log.info("reading %d objects carefully: %s", len(keys), str(exc).splitlines()[0])
+                careful += fast
+            else:
+                conn.execute(_NUMBERING, {"ids": [ids[key] for key in keys]})
+                retry = {
+                    key
+                    for (key,) in conn.execute(
+                        "SELECT object_key FROM pe_objects WHERE careful AND object_id IN (SELECT unnest($ids))",
+                        {"ids": [ids[key] for key in keys]},
+                    ).fetchall()
+                }
+                careful += [(key, path) for key, path in fast if key in retry]
+        if careful:
+            self._stage_carefully(conn, careful, ids)
 
-    def _classify(
-        self,
-        conn: duckdb.DuckDBPyConnection,
-        into: str,
-        lines: str,
-        paths: list[str],
-        keys: list[str],
-        ids: dict[str, int],
-    ) -> None:
-        """Read files' lines with the ``lines`` reader, parse each line once, and judge it by the load rules."""
+    def _paths(self, conn: duckdb.DuckDBPyConnection, paths: list[str], keys: list[str], ids: dict[str, int]) -> None:
+        """The temp table ``pe_paths``: which object each file the fast reader names holds."""
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE pe_paths AS "
-            "SELECT unnest($paths::VARCHAR[]) AS path, unnest($ids::INTEGER[]) AS object_id, "
-            "unnest($keys::VARCHAR[]) AS object_key",
-            {"paths": paths, "ids": [ids[key] for key in keys], "keys": keys},
+            "SELECT unnest($paths::VARCHAR[]) AS path, unnest($ids::INTEGER[]) AS object_id",
+            {"paths": paths, "ids": [ids[key] for key in keys]},
         )
+
+    def _stage_carefully(
+        self, conn: duckdb.DuckDBPyConnection, objects: list[tuple[str, str]], ids: dict[str, int]
+    ) -> None:
+        """Read ``(key, path)`` objects with ``lines.read_lines`` into one staging file, then classify its rows."""
+        counts: dict[int, int] = {}
+        with tempfile.TemporaryDirectory(prefix="pull-events-lines-", dir=self.download_dir) as tmp:
+            staged = Path(tmp) / "lines.csv"
+            with staged.open("wb") as out:
+                for key, path in objects:
+                    object_id = ids[key]
+                    counts[object_id] = 0
+                    with open(path, "rb") as stream:
+                        for line in read_lines(stream, self.max_line_bytes):
+                            out.write(staging_row(object_id, line))
+                            counts[object_id] += 1
+            if staged.stat().st_size:
+                self._classify(conn, "INSERT INTO pe_lines_careful", _LINES_CAREFULLY, [str(staged)])
+        # The careful count replaces whatever the fast reader made of these objects.
+        conn.execute("DELETE FROM pe_objects WHERE object_id IN (SELECT unnest($ids))", {"ids": list(counts)})
+        conn.execute(
+            "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL, lines FROM pe_keys "
+            "JOIN (SELECT unnest($ids::INTEGER[]) AS object_id, unnest($lines::BIGINT[]) AS lines) USING (object_id)",
+            {"ids": list(counts), "lines": list(counts.values())},
+        )
+
+    def _classify(self, conn: duckdb.DuckDBPyConnection, into: str, lines: str, paths: list[str]) -> None:
+        """Read files' lines with the ``lines`` reader, parse each line once, and judge it by the load rules."""
         t = _T
         body_type = duckdb_type(PULL_BODY)
         text, frag = _string_value, _fragment
@@ -647,11 +727,12 @@ class DuckDBWarehouse(base.Warehouse):
             {into}
             WITH split AS ({lines}
             ), raw AS (
-                SELECT f.object_id, f.object_key, s.undecodable, s.position, s.line,
-                    NOT s.undecodable AND coalesce(
-                        CASE WHEN length(s.line) > 8 THEN false ELSE trim(s.line, $blank) = '' END, true) AS blank,
-                    TRY_CAST(s.line AS JSON) AS j
-                FROM split s JOIN pe_paths f ON f.path = s.filename
+                SELECT s.object_id, k.object_key, s.position, s.problem, s.line,
+                    coalesce(CASE WHEN length(s.line) > 8 THEN false ELSE trim(s.line, $blank) = '' END, true)
+                        AS blank,
+                    -- An overlong line is never parsed: its size alone rejects it.
+                    CASE WHEN s.problem IS NULL AND strlen(s.line) <= $max_line THEN TRY_CAST(s.line AS JSON) END AS j
+                FROM split s JOIN pe_keys k USING (object_id)
             ), parsed AS (
                 SELECT *, CASE WHEN j IS NOT NULL AND (line[1] = '{{' OR ltrim(line, $blank)[1] = '{{')
                     THEN from_json(j, $structure) END AS p
@@ -673,6 +754,8 @@ class DuckDBWarehouse(base.Warehouse):
             ), judged AS (
                 SELECT *,
                     CASE
+                    WHEN problem IS NOT NULL THEN problem
+                    WHEN strlen(line) > $max_line THEN 'line_too_large'
                     WHEN p IS NULL THEN 'invalid_json'
                     WHEN id IS NULL OR id = '' THEN 'missing_attribute:id'
                     WHEN source IS NULL OR source = '' THEN 'missing_attribute:source'
@@ -718,11 +801,12 @@ class DuckDBWarehouse(base.Warehouse):
                 FROM judged
             )
             SELECT
-                object_id, coalesce(position, p.landing_line) AS position, undecodable, blank, reason,
+                object_id, coalesce(position, p.landing_line) AS position, blank, reason, strlen(line) AS line_bytes,
                 CASE WHEN keeps_raw THEN j END AS raw_event,
                 CASE WHEN reason IS NULL AND NOT is_pull THEN json_extract(j, '$.data') END AS event_data,
                 -- The rejected-events table keeps the line as landed.
-                CASE WHEN reason IS NOT NULL THEN line END AS rejected_line,
+                CASE WHEN reason = 'line_too_large' THEN left(line, $prefix) WHEN reason IS NOT NULL THEN line END
+                    AS rejected_line,
                 CASE WHEN p.landing_object IS DISTINCT FROM object_key THEN p.landing_object END AS landing_object,
                 coalesce(p.landing_line, position) AS landing_line,
                 id AS event_id, source AS event_source, type AS event_type, p.subject AS event_subject,
@@ -739,6 +823,9 @@ class DuckDBWarehouse(base.Warehouse):
             """,
             {
                 **({"paths": paths} if "$paths" in lines else {}),
+                **({"max_staged_row": staged_row_bytes(self.max_line_bytes)} if "$max_staged_row" in lines else {}),
+                "max_line": self.max_line_bytes,
+                "prefix": PREFIX_BYTES,
                 "blank": " \t\r\n",
                 "type_paths": list(_TYPE_PATHS),
                 "structure": _LINE_STRUCTURE,
@@ -815,13 +902,18 @@ class DuckDBWarehouse(base.Warehouse):
                     INSERT INTO {summary} (repository, events, image_pulls, errors, error_rate, unique_actors,
                         unique_clients, first_seen, last_seen, image_pulls_last_7d, image_pulls_last_30d,
                         top_tags, computed_at)
-                    WITH p AS (
-                        SELECT repository, body."when" AS seen, body.tag AS tag, body.error IS NOT NULL AS failed,
+                    WITH clock AS (
+                        -- now() is the transaction's start (computed_at), read as UTC civil time like body.when
+                        -- (the session's zone is UTC). A pull dated past the horizon is not plausible: it counts
+                        -- in no time-based figure, so it cannot empty everyone's windows (the checks flag it).
+                        SELECT CAST(now() AS TIMESTAMP) AS refreshed, CAST(now() AS TIMESTAMP) + $tolerance AS horizon
+                    ), p AS (
+                        SELECT repository, body."when" AS seen, body."when" <= clock.horizon AS plausible,
+                            clock.refreshed,
+                            body.tag AS tag, body.error IS NOT NULL AS failed,
                             body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL AS image_pull,
                             actor.subject AS actor, body.remote_address AS client
-                        FROM {pulls}
-                    ), latest AS (
-                        SELECT max(seen) AS latest FROM p
+                        FROM {pulls} CROSS JOIN clock
                     ), tag_pulls AS (
                         SELECT repository, tag, count(*) AS image_pulls FROM p
                         WHERE image_pull AND tag IS NOT NULL GROUP BY ALL
@@ -833,13 +925,15 @@ class DuckDBWarehouse(base.Warehouse):
                     )
                     SELECT p.repository, count(*), count(*) FILTER (image_pull), count(*) FILTER (failed),
                         (count(*) FILTER (failed)) / count(*),
-                        count(DISTINCT actor), count(DISTINCT client), min(seen), max(seen),
-                        count(*) FILTER (image_pull AND seen > latest.latest - INTERVAL 7 DAY),
-                        count(*) FILTER (image_pull AND seen > latest.latest - INTERVAL 30 DAY),
+                        count(DISTINCT actor), count(DISTINCT client),
+                        min(seen) FILTER (plausible), max(seen) FILTER (plausible),
+                        count(*) FILTER (image_pull AND plausible AND seen > refreshed - INTERVAL 7 DAY),
+                        count(*) FILTER (image_pull AND plausible AND seen > refreshed - INTERVAL 30 DAY),
                         coalesce(any_value(top.top_tags), []), now()
-                    FROM p CROSS JOIN latest LEFT JOIN top USING (repository)
+                    FROM p LEFT JOIN top USING (repository)
                     GROUP BY p.repository
-                    """
+                    """,
+                    {"tolerance": self.future_tolerance},
                 ).fetchone()[0]
                 table_rows = conn.execute(f"SELECT count(*) FROM {summary}").fetchone()[0]
                 conn.execute("COMMIT")
@@ -890,6 +984,15 @@ class DuckDBWarehouse(base.Warehouse):
                 """,
                 parameters,
             ).fetchall()
+            # Pulls dated beyond the warehouse's clock plus the tolerance, the farthest ahead named first.
+            future = conn.execute(
+                f"""
+                SELECT count(*) OVER (), event_source, event_id, repository, body."when" FROM {pulls}
+                WHERE body."when" > CAST(now() AS TIMESTAMP) + $tolerance
+                ORDER BY body."when" DESC, event_source, event_id LIMIT $n
+                """,
+                {"tolerance": self.future_tolerance, "n": base.FUTURE_DATED_EXAMPLES},
+            ).fetchall()
         duplicate_keys, missing, landed, accounted, rejected = (int(v) for v in row)
         return base.CheckFigures(
             duplicate_keys=duplicate_keys,
@@ -901,6 +1004,8 @@ class DuckDBWarehouse(base.Warehouse):
             pull_rows=int(pull_rows),
             rows_with_raw_event=int(with_raw),
             keys_without_column={key: int(count) for key, count in keys},
+            future_dated_pulls=int(future[0][0]) if future else 0,
+            future_dated_examples=[base.FutureDatedPull(*example) for _, *example in future],
         )
 
     def row_count(self, table: str) -> int:
@@ -928,6 +1033,43 @@ class DuckDBWarehouse(base.Warehouse):
         with self.session() as conn:
             return conn.execute(sql, parameters or {}).fetchall()
 
+    # -- a rebuild's shadow copy: the schema <schema>__rebuild in the same file ----------------------
+
+    def shadow(self) -> DuckDBWarehouse:
+        self.drop_shadow()
+        shadow = copy.copy(self)  # every setting of this warehouse, on another schema
+        shadow.schema = self.schema + base.SHADOW_SUFFIX
+        return shadow
+
+    def swap_in(self, shadow: base.Warehouse) -> None:
+        """Replace every table by the shadow's, in one transaction.
+
+        DuckDB can neither move a table to another schema nor rename a schema, so each table is dropped,
+        created again and filled from the shadow's table, all in one transaction (DDL is transactional in
+        DuckDB): a failure anywhere rolls every table back. The old rows' space is reused after the checkpoint.
+        """
+        if not isinstance(shadow, DuckDBWarehouse) or shadow._connect is not self._connect or shadow is self:
+            raise ValueError("swap_in takes this warehouse's shadow (see shadow())")
+        with self.session() as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                for table, columns in TABLES.items():
+                    names = ", ".join(quote(column.name) for column in columns)
+                    conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
+                    conn.execute(table_ddl(self.schema, table))
+                    conn.execute(
+                        f"INSERT INTO {self._table(table)} ({names}) SELECT {names} FROM {shadow._table(table)}"
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def drop_shadow(self) -> None:
+        with self.session() as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {quote(self.schema + base.SHADOW_SUFFIX)} CASCADE")
+
 
 @dataclass
 class _Totals:
@@ -937,15 +1079,54 @@ class _Totals:
     duplicates: int = 0
     rejected: int = 0
     days: list[date] = field(default_factory=list)
+    quarantined: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, conn: duckdb.DuckDBPyConnection) -> _Totals:
+    def read(cls, conn: duckdb.DuckDBPyConnection, quarantined: dict[str, tuple[str, str]]) -> _Totals:
         row = conn.execute(
             "SELECT coalesce(sum(lines), 0), coalesce(sum(pulls_inserted), 0), coalesce(sum(events_inserted), 0), "
             "coalesce(sum(duplicates_skipped), 0), coalesce(sum(lines_rejected), 0) FROM pe_stats"
         ).fetchone()
         days = [r[0] for r in conn.execute("SELECT DISTINCT day FROM pe_days ORDER BY day").fetchall()]
-        return cls(*(int(v) for v in row), days=days)
+        return cls(*(int(v) for v in row), days=days, quarantined={k: reason for k, (reason, _) in quarantined.items()})
+
+
+def _check_accounting(conn: duckdb.DuckDBPyConnection) -> None:
+    """Fail the load unless every object's lines, counted from its bytes, are each a row, a duplicate or rejected."""
+    unbalanced = conn.execute(
+        """
+        SELECT o.object_key, o.lines, s.lines, s.pulls_inserted + s.events_inserted + s.duplicates_skipped
+            + s.lines_rejected
+        FROM pe_objects o JOIN pe_stats s ON s.landing_object = o.object_key
+        WHERE o.lines IS DISTINCT FROM s.lines
+            OR s.lines <> s.pulls_inserted + s.events_inserted + s.duplicates_skipped + s.lines_rejected
+        ORDER BY o.object_key LIMIT 5
+        """
+    ).fetchall()
+    if unbalanced:
+        key, counted, staged, outcomes = unbalanced[0]
+        raise LoadAccountingError(
+            f"{len(unbalanced)}+ objects not accounted for, e.g. {key}: {counted} lines in its bytes, {staged} staged, "
+            f"{outcomes} rows + duplicates + rejected; nothing of this load is written"
+        )
+
+
+def _local_chunk(objects: Sequence[LandedObject], paths: Sequence[str]) -> _Chunk:
+    """A store's own files as one chunk; a file that is gone or cannot be opened is set aside."""
+    chunk = _Chunk([], [])
+    for obj, path in zip(objects, paths, strict=True):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            reason = unreadable_reason(exc)
+            if reason is None:
+                raise
+            chunk.quarantined[obj.key] = (reason, f"{type(exc).__name__}: {exc.strerror or exc}")
+            continue
+        chunk.objects.append(obj)
+        chunk.paths.append(path)
+    return chunk
 
 
 def _is_lock_error(exc: BaseException) -> bool:

@@ -208,6 +208,13 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("loaded_at", "TIMESTAMP"),
         _s("run_id"),
     ),
+    base.QUARANTINED: (
+        Column("landing_object", "STRING", mode="REQUIRED"),
+        _s("reason", "object_missing (gone when read) or object_unreadable (the store refused to give it)"),
+        _s("detail", "the error the store gave"),
+        Column("quarantined_at", "TIMESTAMP", "when a load last failed to read it"),
+        _s("run_id", "Dagster run that last failed to read it"),
+    ),
     base.DAILY_PULLS: (
         Column("day", "DATE", "UTC day of body.when", "REQUIRED"),
         Column("repository", "STRING", mode="REQUIRED"),
@@ -228,10 +235,15 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("error_rate", "FLOAT64", "errors / events"),
         _i("unique_actors"),
         _i("unique_clients"),
-        Column("first_seen", "DATETIME", "earliest body.when"),
-        Column("last_seen", "DATETIME", "latest body.when"),
-        _i("image_pulls_last_7d", "image pulls in the 7 days up to the latest pull in the table"),
-        _i("image_pulls_last_30d"),
+        Column("first_seen", "DATETIME", "earliest body.when, among pulls not dated in the future (see last_seen)"),
+        Column(
+            "last_seen",
+            "DATETIME",
+            "latest body.when up to computed_at + PULL_EVENTS_FUTURE_TOLERANCE_S; pulls dated later count in no "
+            "time-based column (a check flags them); NULL when every pull of the repository is dated later",
+        ),
+        _i("image_pulls_last_7d", "image pulls dated in the 7 days before computed_at, or after it up to that limit"),
+        _i("image_pulls_last_30d", "image pulls dated in the 30 days before computed_at, or after it up to that limit"),
         Column(
             "top_tags",
             "RECORD",

@@ -46,6 +46,7 @@ def rows(warehouse: BigQueryWarehouse, sql: str) -> list[tuple]:
         "events": base.EVENTS,
         "rejected": base.REJECTED,
         "ledger": base.LOADED_OBJECTS,
+        "quarantined": base.QUARANTINED,
         "daily": base.DAILY_PULLS,
         "summary": base.REPOSITORY_SUMMARY,
         "state": base.REFRESH_STATE,

@@ -123,7 +123,7 @@ def test_a_load_that_stopped_before_its_ledger_rows_is_redone_without_duplicates
     batch = objects(gcs_store, key)
     warehouse.ensure_tables()
     staging = warehouse.create_staging("crashed")
-    warehouse.merge_staged(staging, batch, warehouse.stage_objects(staging, batch), "crashed")
+    warehouse.merge_staged(staging, gcs_store, batch, warehouse.stage_objects(staging, batch), "crashed")
     # As if the process died after the rows were written and before the ledger was: only the ledger is lost.
     warehouse.query(f"DELETE FROM `{warehouse.table_id(base.LOADED_OBJECTS)}` WHERE TRUE")
 
@@ -169,8 +169,9 @@ def test_poison_lines_are_quarantined_with_their_reason_while_neighbours_load(
     for n, reason in enumerate(REJECTION_REASONS):
         lines.append(pull_event(facts(f"good-{n}")))
         lines.append(poison_event(reason, facts(f"bad-{n}")))
-        # The factory's broken JSON line lacks the receiver's leading landing keys: its line number is unknown.
-        expected_rejections.append((None if reason == "invalid_json" else len(lines), reason))
+        # The factory's broken JSON line lacks the receiver's leading landing keys: the load reads the object
+        # carefully and numbers that line by its position.
+        expected_rejections.append((len(lines), reason))
     lines.append(pull_event(facts("good-last")))
     key = write_object(gcs_store, PULL_TYPE, lines, T0)
     landed = gcs_store.read(key).decode().split("\n")
@@ -183,17 +184,18 @@ def test_poison_lines_are_quarantined_with_their_reason_while_neighbours_load(
     for line, raw, landing_object, run_id in rows(
         warehouse, "SELECT landing_line, raw_line, landing_object, run_id FROM {rejected}"
     ):
-        assert raw == landed[(line or 2) - 1]  # exactly as landed (the broken JSON is line 2)
+        assert raw == landed[line - 1]  # exactly as landed
         assert (landing_object, run_id) == (key, "run-p")
     figures = warehouse.check_figures()
     assert (figures.rejected_lines, figures.landed_lines, figures.accounted_lines) == (12, 25, 25)
 
 
-def test_a_broken_line_keeps_the_lineage_its_start_still_carries(
+def test_a_line_that_names_no_object_is_placed_by_reading_its_object_carefully(
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
 ) -> None:
     # A load job does not say which object a row came from: the line's own keys do. The receiver writes them
-    # first, so a line cut short still names its object and line; a line without them names neither.
+    # first, so a line cut short still names its object and line. A line without them leaves its object's bytes
+    # unaccounted for: that object is read again with positions, and every line is placed.
     key_a = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
     key_b = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120001000000Z-hand-0000000002.ndjson"
     cut_short = landed_line(pull_event(facts("t1")), key_a, 2, T0, "hand")[:150]
@@ -204,13 +206,12 @@ def test_a_broken_line_keeps_the_lineage_its_start_still_carries(
 
     assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (4, 2, 2)
     assert rows(warehouse, "SELECT landing_object, landing_line, reason, raw_line FROM {rejected} ORDER BY 4") == [
-        (None, None, "invalid_json", "<html>"),
+        (key_b, 2, "invalid_json", "<html>"),
         (key_a, 2, "invalid_json", cut_short),
     ]
-    # The ledger counts the line it can place; the other one is only in the load's totals and the rejected table.
     assert rows(warehouse, "SELECT landing_object, lines, lines_rejected FROM {ledger} ORDER BY 1") == [
         (key_a, 2, 1),
-        (key_b, 1, 0),
+        (key_b, 2, 1),
     ]
 
 
@@ -219,17 +220,16 @@ def test_in_a_batch_of_one_object_every_line_is_placed_in_that_object(
 ) -> None:
     key = write_object(gcs_store, PULL_TYPE, [pull_event(facts("o1")), RawLine("<html>")], T0)
     warehouse.load_objects(gcs_store, objects(gcs_store, key), "run")
-    assert rows(warehouse, "SELECT landing_object, landing_line, reason FROM {rejected}") == [
-        (key, None, "invalid_json")
-    ]
+    assert rows(warehouse, "SELECT landing_object, landing_line, reason FROM {rejected}") == [(key, 2, "invalid_json")]
     assert rows(warehouse, "SELECT lines, lines_rejected FROM {ledger}") == [(2, 1)]
 
 
-def test_a_line_the_load_job_cannot_read_is_counted_and_its_neighbours_load(
+def test_a_line_the_load_job_cannot_read_is_read_carefully_rejected_and_its_neighbours_load(
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore
 ) -> None:
     # U+001F, the staging load's field delimiter, can only be in a corrupt line (JSON escapes control characters):
-    # the load job skips it as a bad record instead of failing the batch.
+    # the load job skips it as a bad record, which leaves its object's bytes unaccounted for, so the object is
+    # read again carefully and the line is rejected with its position and text.
     unreadable = RawLine('{"id":"x"}\x1f{"id":"y"}')
     key = write_object(gcs_store, PULL_TYPE, [pull_event(facts("n1")), unreadable, pull_event(facts("n2"))], T0)
 
@@ -238,7 +238,7 @@ def test_a_line_the_load_job_cannot_read_is_counted_and_its_neighbours_load(
     assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (3, 2, 1)
     assert ids(warehouse) == ["n1", "n2"]
     assert rows(warehouse, "SELECT landing_object, landing_line, reason, raw_line, run_id FROM {rejected}") == [
-        (key, None, "unreadable_line", None, "run-u")
+        (key, 2, "invalid_json", str(unreadable), "run-u")
     ]
     assert rows(warehouse, "SELECT lines, pulls_inserted, lines_rejected FROM {ledger}") == [(3, 2, 1)]
 
@@ -392,20 +392,33 @@ def test_other_event_types_land_in_the_events_table(warehouse: BigQueryWarehouse
     ]
 
 
-def test_a_load_whose_object_is_missing_fails_and_leaves_nothing_written(
+def test_an_object_that_is_gone_is_quarantined_and_the_rest_of_the_batch_loads(
     warehouse: BigQueryWarehouse, gcs_store: GcsLandingStore, bq_client: bigquery.Client, dataset: str
 ) -> None:
     good = write_object(gcs_store, PULL_TYPE, [pull_event(facts("g1"))], T0)
     vanished = LandedObject(key="gone.ndjson", size=10, uri=gcs_store.uri("gone.ndjson"))
 
-    with pytest.raises(Exception, match=r"gone\.ndjson"):
-        warehouse.load_objects(gcs_store, [*objects(gcs_store, good), vanished], "run-1")
+    result = warehouse.load_objects(gcs_store, [*objects(gcs_store, good), vanished], "run-1")
 
-    assert ids(warehouse) == []
-    assert warehouse.row_count(base.LOADED_OBJECTS) == 0
+    assert (result.objects_loaded, result.pulls_inserted, result.quarantined) == (
+        1,
+        1,
+        {"gone.ndjson": "object_missing"},
+    )
+    assert ids(warehouse) == ["g1"]
+    assert rows(warehouse, "SELECT landing_object FROM {ledger}") == [(good,)]
+    assert rows(warehouse, "SELECT landing_object, reason, run_id FROM {quarantined}") == [
+        ("gone.ndjson", "object_missing", "run-1")
+    ]
     assert staging_tables(bq_client, dataset) == []
-    retried = warehouse.load_objects(gcs_store, objects(gcs_store, good), "run-2")
-    assert (retried.objects_loaded, retried.pulls_inserted) == (1, 1)
+    # Once it can be read it loads, and leaves the quarantine.
+    gcs_store.write_new(
+        "gone.ndjson", (landed_line(pull_event(facts("g2")), "gone.ndjson", 1, T0, "late") + "\n").encode()
+    )
+    back = LandedObject(key="gone.ndjson", size=len(gcs_store.read("gone.ndjson")), uri=vanished.uri)
+    retried = warehouse.load_objects(gcs_store, [back], "run-2")
+    assert (retried.objects_loaded, retried.pulls_inserted, retried.quarantined) == (1, 1, {})
+    assert warehouse.row_count(base.QUARANTINED) == 0
 
 
 def test_objects_outside_gcs_are_refused_with_a_clear_error(
@@ -431,6 +444,7 @@ def test_tables_are_created_when_missing_partitioned_and_clustered_and_ddl_is_id
             base.EVENTS,
             base.REJECTED,
             base.LOADED_OBJECTS,
+            base.QUARANTINED,
             base.DAILY_PULLS,
             base.REPOSITORY_SUMMARY,
             base.REFRESH_STATE,
@@ -514,7 +528,7 @@ def test_a_load_still_in_flight_holds_the_daily_watermark_back_until_it_is_done(
     warehouse.load_objects(gcs_store, objects(gcs_store, fast_key), "fast")
     assert warehouse.refresh_daily_pulls().days_recomputed == []  # the fast load's rows wait for the slow one
 
-    warehouse.merge_staged(slow_staging, slow, bad, "slow")
+    warehouse.merge_staged(slow_staging, gcs_store, slow, bad, "slow")
     warehouse.client.delete_table(slow_staging)
     assert warehouse.refresh_daily_pulls().days_recomputed == [date(2026, 11, 3), date(2026, 11, 4)]
     assert rows(warehouse, "SELECT day, events FROM {daily} ORDER BY day") == [
@@ -567,7 +581,8 @@ def test_derived_tables_match_figures_computed_independently(
         """SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
             last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {summary} ORDER BY repository""",
     )
-    expected = expected_summary(landed.pulls)
+    [(refreshed_at,)] = rows(warehouse, "SELECT DISTINCT computed_at FROM {summary}")
+    expected = expected_summary(landed.pulls, refreshed_at)
     assert summary.table_rows == len(expected) == 6
     assert [r[:4] + r[5:] for r in actual_summary] == [e[:4] + e[5:] for e in expected]
     assert [r[4] for r in actual_summary] == pytest.approx([e[4] for e in expected])

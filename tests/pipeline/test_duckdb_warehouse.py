@@ -16,7 +16,7 @@ import pytest
 
 from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, LandingObjectMissing, WarehouseLocked
+from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
     EXPECTED_KEYS_WITHOUT_COLUMN,
@@ -46,6 +46,7 @@ REJECTED = f"{base.DATASET}.{base.REJECTED}"
 LEDGER = f"{base.DATASET}.{base.LOADED_OBJECTS}"
 DAILY = f"{base.DATASET}.{base.DAILY_PULLS}"
 SUMMARY = f"{base.DATASET}.{base.REPOSITORY_SUMMARY}"
+QUARANTINED = f"{base.DATASET}.{base.QUARANTINED}"
 
 
 def facts(
@@ -223,7 +224,7 @@ def test_a_file_that_is_not_utf8_rejects_only_its_bad_line(
 
     assert (result.pulls_inserted, result.lines_rejected) == (2, 1)
     assert rows(warehouse, f"SELECT landing_line, reason, raw_line FROM {REJECTED}") == [
-        (2, "invalid_json", '{"id":"\\xff\\xfe"}')
+        (2, "invalid_utf8", '{"id":"\\xff\\xfe"}')
     ]
 
 
@@ -386,17 +387,26 @@ def test_other_event_types_land_in_the_events_table(store: LocalLandingStore, wa
     ]
 
 
-def test_a_failed_load_leaves_nothing_half_written(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
+def test_an_object_that_cannot_be_read_is_quarantined_and_the_rest_of_the_batch_loads(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
     good = write_object(store, PULL_TYPE, [pull_event(facts("g1"))], T0)
     vanished = LandedObject(key="dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/gone.ndjson", size=10, uri="")
 
-    with pytest.raises(LandingObjectMissing, match=r"gone\.ndjson"):
-        warehouse.load_objects(store, [*objects(store, good), vanished], "run-1")
+    result = warehouse.load_objects(store, [*objects(store, good), vanished], "run-1")
 
-    assert ids(warehouse) == []
-    assert rows(warehouse, f"SELECT count(*) FROM {LEDGER}") == [(0,)]
-    retried = warehouse.load_objects(store, objects(store, good), "run-2")
-    assert (retried.objects_loaded, retried.pulls_inserted) == (1, 1)
+    assert (result.objects_loaded, result.pulls_inserted) == (1, 1)
+    assert result.quarantined == {vanished.key: "object_missing"}
+    assert ids(warehouse) == ["g1"]
+    assert rows(warehouse, f"SELECT landing_object FROM {LEDGER}") == [(good,)]
+    assert rows(warehouse, f"SELECT landing_object, reason, run_id FROM {QUARANTINED}") == [
+        (vanished.key, "object_missing", "run-1")
+    ]
+    # Once it can be read it loads, and leaves the quarantine.
+    store.write_new(vanished.key, (landed_line(pull_event(facts("g2")), vanished.key, 1, T0, "late") + "\n").encode())
+    retried = warehouse.load_objects(store, [vanished], "run-2")
+    assert (retried.objects_loaded, retried.pulls_inserted, retried.quarantined) == (1, 1, {})
+    assert rows(warehouse, f"SELECT count(*) FROM {QUARANTINED}") == [(0,)]
 
 
 def test_tables_are_created_when_missing_and_ddl_is_idempotent(warehouse: DuckDBWarehouse) -> None:
@@ -413,6 +423,7 @@ def test_tables_are_created_when_missing_and_ddl_is_idempotent(warehouse: DuckDB
             base.EVENTS,
             base.REJECTED,
             base.LOADED_OBJECTS,
+            base.QUARANTINED,
             base.DAILY_PULLS,
             base.REPOSITORY_SUMMARY,
             base.REFRESH_STATE,
@@ -502,7 +513,8 @@ def test_derived_tables_match_figures_computed_independently(
         f"""SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
             last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {SUMMARY} ORDER BY repository""",
     )
-    expected = expected_summary(landed.pulls)
+    [(refreshed_at,)] = rows(warehouse, f"SELECT DISTINCT computed_at FROM {SUMMARY}")
+    expected = expected_summary(landed.pulls, refreshed_at)
     assert [r[:4] + r[5:] for r in actual_summary] == [e[:4] + e[5:] for e in expected]
     assert [r[4] for r in actual_summary] == pytest.approx([e[4] for e in expected])
 
@@ -527,8 +539,12 @@ def expected_daily(pulls: list[PullFacts]) -> list[tuple]:
     ]
 
 
-def expected_summary(pulls: list[PullFacts]) -> list[tuple]:
-    latest = max(p.when for p in pulls)
+def expected_summary(
+    pulls: list[PullFacts], refreshed_at: datetime, tolerance: timedelta = base.FUTURE_TOLERANCE
+) -> list[tuple]:
+    """The summary refreshed at ``refreshed_at`` (its computed_at): time figures ignore pulls dated past the horizon."""
+    now = refreshed_at.astimezone(UTC).replace(tzinfo=None)  # body.when is UTC civil time
+    horizon = now + tolerance
     groups: dict[str, list[PullFacts]] = defaultdict(list)
     for p in pulls:
         groups[p.repository].append(p)
@@ -546,10 +562,10 @@ def expected_summary(pulls: list[PullFacts]) -> list[tuple]:
                 errors / len(ps),
                 len({p.actor for p in ps}),
                 len({p.remote_address for p in ps}),
-                min(p.when for p in ps),
-                max(p.when for p in ps),
-                sum(p.image_pull and p.when > latest - timedelta(days=7) for p in ps),
-                sum(p.image_pull and p.when > latest - timedelta(days=30) for p in ps),
+                min((p.when for p in ps if p.when <= horizon), default=None),
+                max((p.when for p in ps if p.when <= horizon), default=None),
+                sum(p.image_pull and now - timedelta(days=7) < p.when <= horizon for p in ps),
+                sum(p.image_pull and now - timedelta(days=30) < p.when <= horizon for p in ps),
                 [{"tag": tag, "image_pulls": n} for tag, n in top],
             )
         )
@@ -688,3 +704,42 @@ def test_rules_on_pull_data_do_not_apply_to_other_types(store: LocalLandingStore
     key = write_object(store, PUSH_TYPE, [odd], T0)
     warehouse.load_objects(store, objects(store, key), "run")
     assert rows(warehouse, f"SELECT event_id, data FROM {EVENTS}") == [("p-odd", '"a string is fine here"')]
+
+
+def test_huge_lines_are_rejected_unparsed_and_big_ones_load_within_the_memory_limit(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    # Default line limit (16 MiB) and memory limit (512 MB): two 12 MB lines load; 20 and 40 MB lines, even
+    # several in one object and first, middle or last, are rejected by size without being parsed; nothing fails.
+    assert (warehouse.max_line_bytes, warehouse.memory_limit) == (16 * 1024 * 1024, "512MB")
+    mb = 1024 * 1024
+
+    def padded(event_id: str, size: int) -> dict:
+        event = pull_event(facts(event_id))
+        event["data"]["body"]["user_agent"] = "x" * size
+        return event
+
+    big = write_object(
+        store, PULL_TYPE, [padded("big1", 12 * mb), padded("huge1", 40 * mb), padded("big2", 12 * mb)], T0
+    )
+    huge = write_object(
+        store,
+        PULL_TYPE,
+        [padded(f"huge{n}", 20 * mb) for n in (2, 3, 4)] + [pull_event(facts("small"))],
+        T0,
+        sequence=1,
+    )
+
+    result = warehouse.load_objects(store, objects(store, big, huge), "run")
+
+    assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (7, 3, 4)
+    assert ids(warehouse) == ["big1", "big2", "small"]
+    assert rows(warehouse, f"SELECT length(body.user_agent) FROM {PULLS} WHERE event_id = 'big1'") == [(12 * mb,)]
+    assert rows(
+        warehouse, f"SELECT landing_object, landing_line, reason, length(raw_line) FROM {REJECTED} ORDER BY 1, 2"
+    ) == [
+        (big, 2, "line_too_large", 4096),
+        (huge, 1, "line_too_large", 4096),
+        (huge, 2, "line_too_large", 4096),
+        (huge, 3, "line_too_large", 4096),
+    ]
