@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from benchmarks.pipeline_data import BAD_LINE_RATE, DUPLICATE_RATE, Landing
 from benchmarks.pipeline_load import LoadRun
 from benchmarks.pipeline_sensor import SensorCase
+from pull_events_dagster.defs.sensors import MAX_BATCHES_IN_FLIGHT
 
 LOAD_RATIO_GOAL = 0.6  # pipeline rate / raw read_ndjson rate, at least
 MEMORY_RATIO_GOAL = 1.5  # peak RSS at the large size / at the small size, at most
@@ -200,7 +201,8 @@ def _sensor_section(
         f"{lateness_seconds} s) plus the new ones; *new only*: a zone holding just the new objects. *steady*: "
         "from the cursor the sensor itself reached after catching up and seeing its runs succeed, before the new "
         "objects landed (every such tick must request exactly the new objects); *first*: from an empty cursor, "
-        "which by design lists everything once to catch up. *listing*: `store.list_since(now - lateness)` alone. "
+        "which by design lists the history from its start to catch up (until it has its runs' worth of objects). "
+        "*listing*: `store.list_since(now - lateness)` alone. "
         "Medians, milliseconds; ticks of both zones alternate.",
         "",
         "| store | history layout | old objects | new | steady tick: with history / new only | ratio "
@@ -219,7 +221,8 @@ def _sensor_section(
     lines += [
         f"- {c.store}, {c.layout}: {len(c.steady_history)} steady and {len(c.first_history)} first ticks per zone; "
         f"history written in {c.history_write_seconds:.0f} s; the window listing returns {c.window_objects} "
-        f"objects; first ticks request {-(-(c.history + c.new) // max_objects_per_run)} runs.{_server_cpu(c)} "
+        f"objects; first ticks request {min(-(-(c.history + c.new) // max_objects_per_run), MAX_BATCHES_IN_FLIGHT)} "
+        f"runs.{_server_cpu(c)} "
         f"{c.note}".rstrip()
         for c in sensors
     ]

@@ -7,19 +7,22 @@ import dagster as dg
 from pull_events.settings import Settings
 from pull_events_dagster.defs.assets import build_assets
 from pull_events_dagster.defs.checks import build_checks
-from pull_events_dagster.defs.jobs import LOAD_JOB, build_load_job, build_rebuild_job
+from pull_events_dagster.defs.jobs import LOAD_JOB, build_load_job, build_rebuild_job, build_reconcile_job
+from pull_events_dagster.defs.reconcile import build_reconcile_schedule
 from pull_events_dagster.defs.resources import build_resources
 from pull_events_dagster.defs.sensors import build_automation_sensor, build_landing_sensor
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    """Assets, checks, jobs, sensors and resources for the configured landing zone and warehouse."""
+    """Assets, checks, jobs, sensors, the reconciliation schedule and resources for the configured landing zone
+    and warehouse."""
     resources = build_resources(settings)
     return dg.Definitions(
         assets=build_assets(settings, resources["warehouse"].kind()),
         asset_checks=build_checks(settings),
-        jobs=[build_load_job(), build_rebuild_job()],
+        jobs=[build_load_job(), build_reconcile_job(), build_rebuild_job()],
         sensors=[build_landing_sensor(settings, LOAD_JOB), build_automation_sensor()],
+        schedules=[build_reconcile_schedule()],
         resources=resources,
         # One process per run, steps in sequence: DuckDB takes a single writing process at a time.
         executor=dg.in_process_executor,

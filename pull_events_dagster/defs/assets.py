@@ -1,19 +1,21 @@
 """The warehouse tables as assets: one loader for the pull, events and rejected tables; two derived tables.
 
-The loader takes the landing keys a sensor run names (or every landing object, for a rebuild) and loads
+The loader takes the landing keys a sensor run names (or every landing object, for a rebuild; or, for a
+reconciliation pass, the recent landing objects the ledger lacks: see ``reconcile.py``) and loads
 them through ``Warehouse.load_objects``; ``daily_pulls`` and ``repository_pull_summary`` follow eagerly
 whenever the pull table changes. Every warehouse step shares one concurrency pool (``dagster.yaml``
 limits it to one run at a time): DuckDB allows a single writer, and loads must commit in ``loaded_at``
 order for the incremental refresh's watermark.
 """
 
-from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
-from pull_events.landing import LandedObject
-from pull_events.settings import Settings
+from pull_events.landing import LandedObject, LandingStore
+from pull_events.settings import PipelineSettings, Settings
+from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, audit_landing, load_lag_check_spec, load_lag_result
 from pull_events_dagster.defs.resources import LandingResource, WarehouseResource
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import TABLES, Column
@@ -35,13 +37,16 @@ EVENTS_KEY = table_key(base.EVENTS)
 REJECTED_KEY = table_key(base.REJECTED)
 DAILY_PULLS_KEY = table_key(base.DAILY_PULLS)
 SUMMARY_KEY = table_key(base.REPOSITORY_SUMMARY)
-LOADED_KEYS = (PULLS_KEY, EVENTS_KEY, REJECTED_KEY)
+QUARANTINED_KEY = table_key(base.QUARANTINED)
+LOADED_KEYS = (PULLS_KEY, EVENTS_KEY, REJECTED_KEY, QUARANTINED_KEY)
 DERIVED_KEYS = (DAILY_PULLS_KEY, SUMMARY_KEY)
 
 _DESCRIPTIONS = {
     base.PULLS: "One row per registry pull event, exactly once per (event_source, event_id).",
     base.EVENTS: "Every other CloudEvent type: envelope columns and the data as JSON.",
     base.REJECTED: "Landed lines that could not be loaded, with the reason and the line as landed.",
+    base.QUARANTINED: "Landing objects that could not be read at all (gone, or refused by the store), until a load "
+    "reads them; the reconciliation pass retries them.",
     base.DAILY_PULLS: "Pulls per UTC day of body.when and repository.",
     base.REPOSITORY_SUMMARY: "Pull figures per repository over the whole pull table.",
 }
@@ -58,7 +63,10 @@ class LoadConfig(dg.Config):
     """What a load run loads: the objects a sensor names, or everything in the landing zone."""
 
     objects: list[LandingObjectRef] = []
-    rebuild: bool = False  # drop every table first and reload every landing object
+    # Rebuild every table from every landing object: built beside them, swapped in only once complete.
+    rebuild: bool = False
+    # A reconciliation pass: also load the recent landing objects the ledger lacks (reconcile.py).
+    reconcile: bool = False
 
 
 def declared_schema(table: str) -> dg.TableSchema:
@@ -125,22 +133,25 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
 
     @dg.multi_asset(
         name=LOADER,
+        # Skippable: a reconciliation pass that finds nothing to load records no materialization, so the
+        # derived tables are not refreshed for nothing. No freshness policy: a quiet registry is not an incident;
+        # the load-lag check (an unloaded object) replaces it.
         specs=[
-            _spec(
-                base.PULLS,
-                warehouse_kind,
-                freshness_policy=dg.FreshnessPolicy.time_window(
-                    fail_window=timedelta(minutes=pipeline.freshness_minutes)
-                ),
-            ),
-            _spec(base.EVENTS, warehouse_kind),
-            _spec(base.REJECTED, warehouse_kind),
+            _spec(base.PULLS, warehouse_kind, skippable=True),
+            _spec(base.EVENTS, warehouse_kind, skippable=True),
+            _spec(base.REJECTED, warehouse_kind, skippable=True),
+            _spec(base.QUARANTINED, warehouse_kind, skippable=True),
         ],
+        # The load-lag check is evaluated here, before a reconciliation pass loads what it found (reconcile.py);
+        # subsettable so that load runs leave it out (it lists days of landing objects) and it can run alone.
+        check_specs=[load_lag_check_spec(settings)],
+        can_subset=True,
         pool=WAREHOUSE_POOL,
         description=(
             "Load the landing objects named in the run config (the landing sensor fills it in) into the pull, "
             "events and rejected tables, exactly once per event. Materialized by hand with no objects it loads "
-            "nothing; the rebuild_from_landing job reloads everything."
+            "nothing; the rebuild_from_landing job reloads everything; the reconcile_landing job loads the recent "
+            "objects the ledger lacks."
         ),
     )
     def load_landing_objects(
@@ -148,55 +159,33 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
         config: LoadConfig,
         landing: LandingResource,
         warehouse: WarehouseResource,
-    ) -> Iterable[dg.MaterializeResult]:
+    ) -> Iterable[dg.MaterializeResult | dg.AssetCheckResult]:
         store = landing.store()
         with warehouse.open() as wh:
             if config.rebuild:
-                context.log.info("rebuild: dropping every table and reloading all of %s", landing.describe())
-                wh.drop_all()
                 objects = sorted(store.list_all(), key=lambda o: o.key)
+                context.log.info(
+                    "rebuild: loading all %d objects of %s into a shadow copy; the tables change only once it is "
+                    "complete, all in one transaction",
+                    len(objects),
+                    landing.describe(),
+                )
+                total = wh.rebuild(store, objects, context.run.run_id, pipeline.max_objects_per_run)
             else:
                 objects = [LandedObject(key=o.key, size=o.size, uri=store.uri(o.key)) for o in config.objects]
-            wh.ensure_tables()
-            results = [
-                wh.load_objects(store, batch, context.run.run_id)
-                for batch in batches(objects, pipeline.max_objects_per_run)
-            ]
-            total = _sum_results(results)
-            context.log.info(
-                "loaded %d objects (%d already loaded): %d pulls, %d other events, %d duplicates, %d rejected",
-                total.objects_loaded,
-                total.objects_skipped,
-                total.pulls_inserted,
-                total.events_inserted,
-                total.duplicates_skipped,
-                total.lines_rejected,
-            )
-            load_metadata = {
-                "objects_loaded": total.objects_loaded,
-                "objects_already_loaded": total.objects_skipped,
-                "lines_read": total.lines_read,
-                "duplicates_skipped": total.duplicates_skipped,
-                "lines_rejected": total.lines_rejected,
-                "rebuild": config.rebuild,
-            }
-            yield dg.MaterializeResult(
-                asset_key=PULLS_KEY,
-                metadata={
-                    **table_metadata(wh, base.PULLS),
-                    **load_metadata,
-                    "events_loaded": total.pulls_inserted,
-                    "days_affected": sorted(day.isoformat() for day in total.affected_days),
-                },
-            )
-            yield dg.MaterializeResult(
-                asset_key=EVENTS_KEY,
-                metadata={**table_metadata(wh, base.EVENTS), **load_metadata, "events_loaded": total.events_inserted},
-            )
-            yield dg.MaterializeResult(
-                asset_key=REJECTED_KEY,
-                metadata={**table_metadata(wh, base.REJECTED), **load_metadata},
-            )
+                wh.ensure_tables()
+                if config.reconcile or LOAD_LAG_CHECK_KEY in context.selected_asset_check_keys:
+                    objects += yield from _reconcile(context, config, store, wh, pipeline)
+                if not context.selected_asset_keys or (config.reconcile and not objects):
+                    return  # the check alone, or a pass with nothing to load: no table changes
+                total = base.combined(
+                    [
+                        wh.load_objects(store, batch, context.run.run_id)
+                        for batch in batches(objects, pipeline.max_objects_per_run)
+                    ]
+                )
+            _log_load(context, total)
+            yield from _load_materializations(context, wh, total, config)
 
     @dg.asset(
         key=DAILY_PULLS_KEY,
@@ -254,14 +243,77 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
     return [load_landing_objects, daily_pulls, repository_pull_summary]
 
 
-def _sum_results(results: Sequence[base.LoadResult]) -> base.LoadResult:
-    return base.LoadResult(
-        objects_loaded=sum(r.objects_loaded for r in results),
-        objects_skipped=sum(r.objects_skipped for r in results),
-        lines_read=sum(r.lines_read for r in results),
-        pulls_inserted=sum(r.pulls_inserted for r in results),
-        events_inserted=sum(r.events_inserted for r in results),
-        duplicates_skipped=sum(r.duplicates_skipped for r in results),
-        lines_rejected=sum(r.lines_rejected for r in results),
-        affected_days=sorted({day for r in results for day in r.affected_days}),
+def _reconcile(
+    context: dg.AssetExecutionContext,
+    config: LoadConfig,
+    store: LandingStore,
+    wh: base.Warehouse,
+    pipeline: PipelineSettings,
+) -> Generator[dg.AssetCheckResult, None, list[LandedObject]]:
+    """Compare the recent day folders with the ledger: report the load-lag check (before loading, as it judges what
+    the sensor's loads left undone) and, in a reconciliation pass, return the unloaded objects old enough to load."""
+    audit = audit_landing(store, wh, datetime.now(UTC), pipeline.reconcile_days)
+    if LOAD_LAG_CHECK_KEY in context.selected_asset_check_keys:
+        yield load_lag_result(audit, pipeline.max_load_lag_seconds)
+    if not config.reconcile:
+        return []
+    missing = audit.to_load(timedelta(seconds=pipeline.max_load_lag_seconds))
+    context.log.info(
+        "reconcile: %d landed objects compared with the ledger, %d unloaded; loading the %d older than %d s",
+        audit.compared,
+        len(audit.unloaded),
+        len(missing),
+        pipeline.max_load_lag_seconds,
     )
+    return missing
+
+
+def _log_load(context: dg.AssetExecutionContext, total: base.LoadResult) -> None:
+    context.log.info(
+        "loaded %d objects (%d already loaded): %d pulls, %d other events, %d duplicates, %d rejected",
+        total.objects_loaded,
+        total.objects_skipped,
+        total.pulls_inserted,
+        total.events_inserted,
+        total.duplicates_skipped,
+        total.lines_rejected,
+    )
+    for key, reason in sorted(total.quarantined.items()):
+        context.log.warning("quarantined %s (%s): it could not be read; the rest of the batch loaded", key, reason)
+
+
+def _load_materializations(
+    context: dg.AssetExecutionContext, wh: base.Warehouse, total: base.LoadResult, config: LoadConfig
+) -> Iterator[dg.MaterializeResult]:
+    """One materialization per loaded table that the run selected (all of them, unless one was picked in the UI)."""
+    load_metadata = {
+        "objects_loaded": total.objects_loaded,
+        "objects_already_loaded": total.objects_skipped,
+        "objects_quarantined": len(total.quarantined),
+        "lines_read": total.lines_read,
+        "duplicates_skipped": total.duplicates_skipped,
+        "lines_rejected": total.lines_rejected,
+        "rebuild": config.rebuild,
+        "reconcile": config.reconcile,
+    }
+    extra: dict[dg.AssetKey, dict[str, object]] = {
+        PULLS_KEY: {
+            "events_loaded": total.pulls_inserted,
+            "days_affected": sorted(day.isoformat() for day in total.affected_days),
+        },
+        EVENTS_KEY: {"events_loaded": total.events_inserted},
+        REJECTED_KEY: {},
+        QUARANTINED_KEY: {"quarantined_by_this_run": dg.MetadataValue.md(_quarantine_list(total.quarantined))},
+    }
+    for key, table in ((PULLS_KEY, base.PULLS), (EVENTS_KEY, base.EVENTS), (REJECTED_KEY, base.REJECTED),
+                       (QUARANTINED_KEY, base.QUARANTINED)):  # fmt: skip
+        if key in context.selected_asset_keys:
+            yield dg.MaterializeResult(
+                asset_key=key, metadata={**table_metadata(wh, table), **load_metadata, **extra[key]}
+            )
+
+
+def _quarantine_list(quarantined: dict[str, str]) -> str:
+    if not quarantined:
+        return "none"
+    return "\n".join(f"- `{key}`: {reason}" for key, reason in sorted(quarantined.items()))

@@ -3,25 +3,28 @@
 They run in every load run (the load job selects them with the tables) and can be run alone from the UI.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import dagster as dg
 
 from pull_events.settings import Settings
 from pull_events_dagster.defs.assets import PULLS_KEY, REJECTED_KEY, WAREHOUSE_POOL
 from pull_events_dagster.defs.resources import WarehouseResource
+from pull_events_dagster.warehouse.base import FutureDatedPull
 
 UNIQUE = "source_id_unique"
 REQUIRED = "required_fields_present"
 RECONCILED = "landed_lines_reconciled"
 REJECTED_RATE = "rejected_rate_below_threshold"
 RAW_EVENT_RATE = "fields_without_columns_rare"
+FUTURE_DATED = "no_pulls_dated_in_future"
 
 
 def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
     """The warehouse checks, with the rejected-line and raw_event rate thresholds from the settings."""
     threshold = settings.pipeline.rejected_rate_threshold
     raw_threshold = settings.pipeline.raw_event_rate_threshold
+    future_tolerance = settings.pipeline.future_tolerance_seconds
 
     @dg.multi_asset_check(
         specs=[
@@ -51,6 +54,14 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 description=(
                     f"At most {raw_threshold:.0%} of pull rows keep raw_event, i.e. carry fields no column holds. "
                     "More means Chainguard sends a field routinely that deserves a column (see its metadata)."
+                ),
+            ),
+            dg.AssetCheckSpec(
+                FUTURE_DATED,
+                asset=PULLS_KEY,
+                description=(
+                    f"No pull is dated (body.when) more than {future_tolerance} s after the warehouse's clock. "
+                    "Such pulls count in no time window of the repository summary; the metadata names a few."
                 ),
             ),
         ],
@@ -106,5 +117,33 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 "keys_without_column": dg.MetadataValue.json(figures.keys_without_column),
             },
         )
+        yield dg.AssetCheckResult(
+            check_name=FUTURE_DATED,
+            asset_key=PULLS_KEY,
+            passed=figures.future_dated_pulls == 0,
+            # The rows stay (they are what Chainguard sent) and no one's windows move: a source to look at.
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "future_dated_pulls": figures.future_dated_pulls,
+                "tolerance_seconds": future_tolerance,
+                "examples": dg.MetadataValue.md(_future_dated_table(figures.future_dated_examples)),
+            },
+        )
 
     return [warehouse_checks]
+
+
+def _future_dated_table(examples: Sequence[FutureDatedPull]) -> str:
+    """The future-dated pulls named by a check, as a Markdown table."""
+    if not examples:
+        return "none"
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| event_source | event_id | repository | body.when |", "|---|---|---|---|"]
+    lines += [
+        f"| {cell(e.event_source)} | {cell(e.event_id)} | {cell(e.repository)} | {e.when.isoformat()} |"
+        for e in examples
+    ]
+    return "\n".join(lines)

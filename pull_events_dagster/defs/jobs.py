@@ -1,4 +1,4 @@
-"""Jobs: the load the sensor requests, and the one-step rebuild of every table from the landing zone."""
+"""Jobs: the load the sensor requests, the reconciliation pass, and the one-step rebuild from the landing zone."""
 
 from __future__ import annotations
 
@@ -7,30 +7,47 @@ from typing import TYPE_CHECKING
 import dagster as dg
 
 from pull_events_dagster.defs.assets import DERIVED_KEYS, LOADED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB
 
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported by dagster
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 LOAD_JOB = "load_landing"
 REBUILD_JOB = "rebuild_from_landing"
+# The load-lag check lists days of landing objects: it runs in reconciliation passes, not in every load.
+_LOAD_LAG_CHECK = dg.AssetSelection.checks(LOAD_LAG_CHECK_KEY)
 
 
 def build_load_job() -> UnresolvedAssetJobDefinition:
     """Loads the landing objects named in its config (the sensor fills it in), then runs the checks."""
     return dg.define_asset_job(
         LOAD_JOB,
-        selection=dg.AssetSelection.assets(*LOADED_KEYS),
+        selection=dg.AssetSelection.assets(*LOADED_KEYS) - _LOAD_LAG_CHECK,
         tags=WAREHOUSE_RUN_TAGS,
         description="Load the landing objects named in the run config into the pull, events and rejected tables.",
     )
 
 
+def build_reconcile_job() -> UnresolvedAssetJobDefinition:
+    """One reconciliation pass (``reconcile.py``): the load-lag check, then a load of what the ledger lacks."""
+    return dg.define_asset_job(
+        RECONCILE_JOB,
+        selection=dg.AssetSelection.assets(*LOADED_KEYS),
+        config={"ops": {LOADER: {"config": {"reconcile": True}}}},
+        tags=WAREHOUSE_RUN_TAGS,
+        description=(
+            "Compare the recent day folders of the landing zone with the ledger, check the load lag, and load "
+            "the objects landed longer ago than the allowed lag that the ledger lacks."
+        ),
+    )
+
+
 def build_rebuild_job() -> UnresolvedAssetJobDefinition:
-    """Drops every table, reloads every landing object, then recomputes the derived tables."""
+    """Reloads every landing object into a shadow copy, swaps it in atomically, then refreshes the derived tables."""
     return dg.define_asset_job(
         REBUILD_JOB,
-        selection=dg.AssetSelection.assets(*LOADED_KEYS, *DERIVED_KEYS),
+        selection=dg.AssetSelection.assets(*LOADED_KEYS, *DERIVED_KEYS) - _LOAD_LAG_CHECK,
         config={"ops": {LOADER: {"config": {"rebuild": True}}}},
         tags=WAREHOUSE_RUN_TAGS,
-        description="Rebuild every table from scratch from the landing zone (drops them first).",
+        description="Rebuild every table from the landing zone beside the current ones, then swap them in atomically.",
     )

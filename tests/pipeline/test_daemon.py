@@ -1,6 +1,7 @@
 """With the real Dagster daemon running on dagster.yaml and workspace.yaml, landed events reach both
 derived tables with no manual step: sensors start by themselves, load runs queue through the warehouse
-pool, and the automation sensor refreshes the derived tables after the load."""
+pool, and the automation sensor refreshes the derived tables after the load. A daemon stopped for longer than
+the lateness window, while objects keep landing, loads every one of them once it is back."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,16 +20,26 @@ import dagster as dg
 import pytest
 from dagster_duckdb import DuckDBResource
 
-from pull_events.landing import LocalLandingStore
-from pull_events_dagster.defs.assets import DAILY_PULLS_KEY, PULLS_KEY, SUMMARY_KEY
+from pull_events.landing import LocalLandingStore, key_committed_at
+from pull_events_dagster.defs.assets import DAILY_PULLS_KEY, LOADER, PULLS_KEY, SUMMARY_KEY
+from pull_events_dagster.defs.jobs import LOAD_JOB
+from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from tests.pipeline.conftest import rows
-from tests.pipeline.factories import LandingSpec, synthetic_landing
+from tests.pipeline.factories import LandingSpec, SyntheticLanding, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, SUMMARY, expected_daily
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_SECONDS = 150
 DERIVED = (DAILY_PULLS_KEY, SUMMARY_KEY)
+LEDGER = f"{base.DATASET}.{base.LOADED_OBJECTS}"
+LIVE_STATUSES = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
 
 
 @pytest.fixture
@@ -37,11 +48,15 @@ def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))  # dagster.yaml keeps the instance's files there
+    # Create the instance's SQLite stores now: the daemon, its code server and the test opening them all at once
+    # for the first time can each stamp a schema version, which leaves them unopenable ("more than one head").
+    with dg.DagsterInstance.from_config(str(home)):
+        pass
     return home
 
 
-@pytest.fixture
-def daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path) -> Iterator[subprocess.Popen]:
+def start_daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path, **knobs: str) -> subprocess.Popen:
+    """``dagster-daemon run`` on the project's workspace, in a process group of its own; ``knobs``: settings."""
     log = dagster_home / "daemon.log"  # a file, not a pipe: an unread pipe fills up and stalls the daemon
     env = {
         **os.environ,
@@ -50,23 +65,35 @@ def daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path) -> Iterator
         "PULL_EVENTS_LANDING": str(landing_dir),
         "PULL_EVENTS_WAREHOUSE": str(duckdb_path),
         "PULL_EVENTS_MAX_OBJECTS_PER_RUN": "4",
+        **knobs,
     }
-    process = subprocess.Popen(
+    return subprocess.Popen(
         [Path(sys.executable).parent / "dagster-daemon", "run", "-w", "workspace.yaml"],
         cwd=ROOT,
         env=env,
-        stdout=log.open("wb"),
+        stdout=log.open("ab"),  # appended: a restarted daemon logs after the first one
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its code server and run workers go with it
     )
+
+
+def stop_daemon(process: subprocess.Popen) -> None:
+    """SIGTERM to the daemon's process group (SIGKILL if it lingers), and wait for it."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path) -> Iterator[subprocess.Popen]:
+    process = start_daemon(dagster_home, landing_dir, duckdb_path)
     yield process
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    stop_daemon(process)
 
 
 def progress(instance: dg.DagsterInstance) -> str:
@@ -118,7 +145,8 @@ def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
             assert time.monotonic() < deadline, f"not settled within {DEADLINE_SECONDS}s: {progress(instance)}"
             time.sleep(2)
         # The warehouse pool let one run at a time touch the DuckDB file.
-        spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records())
+        # (A reconciliation pass the schedule started meanwhile may still be running: finished runs only.)
+        spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records() if r.end_time)
         assert len(spans) >= expected_runs + 1
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
 
@@ -132,3 +160,94 @@ def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
             unique_clients FROM {DAILY} ORDER BY day, repository""",
     ) == expected_daily(landed.pulls)
     assert rows(warehouse, f"SELECT count(*), sum(events) FROM {SUMMARY}") == [(3, landed.pull_count)]
+
+
+LATENESS_SECONDS = 2
+
+
+def loaded_by_load_runs(instance: dg.DagsterInstance) -> set[str]:
+    """The objects of every succeeded run of the load job (the runs the landing sensor requests)."""
+    keys: set[str] = set()
+    for record in instance.get_run_records(filters=dg.RunsFilter(job_name=LOAD_JOB)):
+        run = record.dagster_run
+        assert run.status != dg.DagsterRunStatus.FAILURE, f"load run {run.run_id} failed"
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            keys.update(o["key"] for o in run.run_config["ops"][LOADER]["config"]["objects"])
+    return keys
+
+
+def quiet(instance: dg.DagsterInstance, keys: Iterable[str]) -> bool:
+    """Load runs took every one of ``keys``, the derived tables followed the last load, and no run is live."""
+    if not set(keys) <= loaded_by_load_runs(instance):
+        return False
+    live = instance.get_run_records(filters=dg.RunsFilter(statuses=LIVE_STATUSES), limit=1)
+    loaded = instance.get_latest_materialization_event(PULLS_KEY)
+    derived = [instance.get_latest_materialization_event(k) for k in DERIVED]
+    return not live and loaded is not None and all(d is not None and d.timestamp > loaded.timestamp for d in derived)
+
+
+def wait_until_quiet(
+    daemon: subprocess.Popen, dagster_home: Path, instance: dg.DagsterInstance, keys: Iterable[str]
+) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not quiet(instance, keys):
+        assert daemon.poll() is None, (dagster_home / "daemon.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, f"not loaded within {DEADLINE_SECONDS}s: {progress(instance)}"
+        time.sleep(1)
+
+
+def test_objects_landed_while_the_daemon_was_down_longer_than_the_lateness_window_are_all_loaded(
+    dagster_home: Path, landing_dir: Path, duckdb_path: Path
+) -> None:
+    store = LocalLandingStore(landing_dir)
+    knobs = {"PULL_EVENTS_LATENESS_S": str(LATENESS_SECONDS), "PULL_EVENTS_MAX_OBJECTS_PER_RUN": "10"}
+
+    def wave(seed: int, name: str) -> SyntheticLanding:
+        spec = LandingSpec(
+            events=40,
+            repositories=2,
+            days=2,
+            events_per_object=5,
+            duplicate_rate=0.1,
+            seed=seed,
+            instance=name,
+            committed_from=datetime.now(UTC),
+        )
+        return synthetic_landing(store, spec)
+
+    daemon = start_daemon(dagster_home, landing_dir, duckdb_path, **knobs)
+    try:
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            before = wave(1, "before")
+            wait_until_quiet(daemon, dagster_home, instance, before.keys)
+            stop_daemon(daemon)
+
+            # The receiver keeps acknowledging while the pipeline is down: three waves of objects land.
+            during = []
+            for n in range(3):
+                during.append(wave(2 + n, f"outage-{n}"))
+                time.sleep(LATENESS_SECONDS / 2)
+            outage_keys = [key for landed in during for key in landed.keys]
+            newest = max(key_committed_at(key) for key in outage_keys)
+            while datetime.now(UTC) - timedelta(seconds=LATENESS_SECONDS) <= newest:
+                time.sleep(0.5)
+            # By construction the outage outlasted the window: a sensor listing "now minus lateness" from here on
+            # would find none of these objects.
+            assert all(
+                key_committed_at(key) < datetime.now(UTC) - timedelta(seconds=LATENESS_SECONDS) for key in outage_keys
+            )
+            assert not set(outage_keys) & loaded_by_load_runs(instance)
+
+            daemon = start_daemon(dagster_home, landing_dir, duckdb_path, **knobs)
+            wait_until_quiet(daemon, dagster_home, instance, before.keys + outage_keys)
+            # The sensor's own load runs took them (not a reconciliation pass: they are younger than its lag).
+            assert set(outage_keys) <= loaded_by_load_runs(instance)
+    finally:
+        stop_daemon(daemon)
+
+    warehouse = DuckDBWarehouse(DuckDBResource(database=str(duckdb_path)).get_connection)
+    pulls = before.pull_count + sum(landed.pull_count for landed in during)
+    assert sum(landed.duplicates for landed in during) > 0  # redeliveries are in there, and count once
+    assert rows(warehouse, f"SELECT count(*) FROM {PULLS}") == [(pulls,)]
+    assert rows(warehouse, f"SELECT count(*) FROM {LEDGER}") == [(len(before.keys) + len(outage_keys),)]
+    assert rows(warehouse, f"SELECT sum(events) FROM {SUMMARY}") == [(pulls,)]

@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -17,11 +16,13 @@ from pull_events_dagster.defs.assets import (
     DAILY_PULLS_KEY,
     EVENTS_KEY,
     PULLS_KEY,
+    QUARANTINED_KEY,
     REJECTED_KEY,
     SUMMARY_KEY,
     WAREHOUSE_POOL,
 )
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
+from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB, RECONCILE_SCHEDULE
 from pull_events_dagster.defs.resources import (
     BigQueryWarehouseResource,
     DuckDBWarehouseResource,
@@ -32,7 +33,8 @@ from pull_events_dagster.defs.sensors import AUTOMATION_SENSOR, LANDING_SENSOR
 from tests.pipeline.conftest import pipeline_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-ALL_KEYS = {PULLS_KEY, EVENTS_KEY, REJECTED_KEY, DAILY_PULLS_KEY, SUMMARY_KEY}
+ALL_KEYS = {PULLS_KEY, EVENTS_KEY, REJECTED_KEY, QUARANTINED_KEY, DAILY_PULLS_KEY, SUMMARY_KEY}
+ALL_JOBS = (LOAD_JOB, RECONCILE_JOB, REBUILD_JOB)
 
 
 def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: dg.Definitions, settings) -> None:
@@ -48,9 +50,12 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
     assert len(rebuild.graph.node_defs) == 4
     assert {node.pool for node in rebuild.graph.node_defs} == {WAREHOUSE_POOL}
     pulls = graph.get(PULLS_KEY)
-    assert pulls.freshness_policy == dg.FreshnessPolicy.time_window(
-        fail_window=timedelta(minutes=settings.pipeline.freshness_minutes)
-    )
+    # No freshness policy: a quiet registry is not an incident. The load-lag check (an unloaded object is) runs in
+    # the reconciliation job only, since it lists days of landing objects; loads and rebuilds leave it out.
+    assert pulls.freshness_policy is None
+    assert LOAD_LAG_CHECK_KEY in graph.asset_check_keys
+    checks_of = {job: defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys for job in ALL_JOBS}
+    assert [job for job in ALL_JOBS if LOAD_LAG_CHECK_KEY in checks_of[job]] == [RECONCILE_JOB]
     for key in (DAILY_PULLS_KEY, SUMMARY_KEY):
         assert graph.get(key).automation_condition == dg.AutomationCondition.eager()
         assert graph.get(key).parent_keys == {PULLS_KEY}
@@ -61,6 +66,9 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
 def test_sensors_start_running_without_a_click(defs: dg.Definitions) -> None:
     for name in (LANDING_SENSOR, AUTOMATION_SENSOR):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+    reconcile = defs.resolve_schedule_def(RECONCILE_SCHEDULE)
+    assert reconcile.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (reconcile.job_name, reconcile.cron_schedule) == (RECONCILE_JOB, "*/15 * * * *")
 
 
 def test_the_same_definitions_serve_a_bucket_and_bigquery() -> None:

@@ -13,18 +13,41 @@ import dagster as dg
 import pytest
 
 from pull_events.landing import GcsLandingStore, LocalLandingStore
-from pull_events.settings import Settings
 from pull_events_dagster.defs import build_definitions
-from pull_events_dagster.defs.assets import DAILY_PULLS_KEY, DERIVED_KEYS, PULLS_KEY, REJECTED_KEY, SUMMARY_KEY
-from pull_events_dagster.defs.checks import RAW_EVENT_RATE, RECONCILED, REJECTED_RATE, REQUIRED, UNIQUE
+from pull_events_dagster.defs.assets import (
+    DAILY_PULLS_KEY,
+    DERIVED_KEYS,
+    PULLS_KEY,
+    QUARANTINED_KEY,
+    REJECTED_KEY,
+    SUMMARY_KEY,
+)
+from pull_events_dagster.defs.checks import (
+    FUTURE_DATED,
+    RAW_EVENT_RATE,
+    RECONCILED,
+    REJECTED_RATE,
+    REQUIRED,
+    UNIQUE,
+)
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
-from pull_events_dagster.defs.sensors import LANDING_SENSOR, LandingCursor, batch_run_statuses, plan_tick
+from pull_events_dagster.defs.reconcile import RECONCILE_JOB
+from pull_events_dagster.defs.sensors import LANDING_SENSOR
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from pull_events_dagster.warehouse.schema import TABLES
 from tests.pipeline.conftest import pipeline_settings, rows
 from tests.pipeline.factories import PULL_TYPE, LandingSpec, pull_event, synthetic_landing, write_object
-from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, SUMMARY, expected_daily, expected_summary, facts
+from tests.pipeline.test_duckdb_warehouse import (
+    DAILY,
+    LEDGER,
+    PULLS,
+    QUARANTINED,
+    SUMMARY,
+    expected_daily,
+    expected_summary,
+    facts,
+)
 
 VOLATILE = {"loaded_at", "computed_at", "run_id", "rejected_at", "refreshed_at", "loaded_through"}
 
@@ -98,8 +121,8 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
     runs = launch(defs, instance, requests)
     assert all(run.success for run in runs)
     checks = [e for run in runs for e in run.get_asset_check_evaluations()]
-    assert len(checks) == 5 * len(runs)
-    assert all(e.passed for e in checks if e.check_name in (UNIQUE, REQUIRED, RECONCILED))
+    assert len(checks) == 6 * len(runs)
+    assert all(e.passed for e in checks if e.check_name in (UNIQUE, REQUIRED, RECONCILED, FUTURE_DATED))
     [rate] = [e for e in runs[-1].get_asset_check_evaluations() if e.check_name == REJECTED_RATE]
     assert rate.metadata["rejected_lines"].value == len(landed.rejected)
     assert rate.metadata["total_lines"].value == landed.lines
@@ -131,7 +154,8 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
         f"""SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
             last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {SUMMARY} ORDER BY repository""",
     )
-    expected = expected_summary(landed.pulls)
+    [(refreshed_at,)] = rows(warehouse, f"SELECT DISTINCT computed_at FROM {SUMMARY}")
+    expected = expected_summary(landed.pulls, refreshed_at)
     assert [r[:4] + r[5:] for r in summary] == [e[:4] + e[5:] for e in expected]
     assert [r[4] for r in summary] == pytest.approx([e[4] for e in expected])
 
@@ -187,38 +211,34 @@ def test_rerunning_a_load_run_loads_nothing_twice(
     assert rows(warehouse, f"SELECT event_id FROM {PULLS} ORDER BY 1") == [("r1",), ("r2",)]
 
 
-def test_a_failed_load_is_retried_by_the_sensor_until_its_objects_are_loaded(
-    defs: dg.Definitions,
-    instance: dg.DagsterInstance,
-    store: LocalLandingStore,
-    warehouse: DuckDBWarehouse,
-    settings: Settings,
+def test_an_object_gone_when_its_run_starts_is_quarantined_and_the_next_reconciliation_pass_loads_it(
+    instance: dg.DagsterInstance, store: LocalLandingStore, warehouse: DuckDBWarehouse, duckdb_path: Path
 ) -> None:
+    defs = build_definitions(pipeline_settings(str(store.root), str(duckdb_path), PULL_EVENTS_MAX_LOAD_LAG_S="1"))
     key = write_object(store, PULL_TYPE, [pull_event(facts("f1"))], datetime.now(UTC) - timedelta(seconds=5))
+    neighbour = write_object(
+        store, PULL_TYPE, [pull_event(facts("f2"))], datetime.now(UTC) - timedelta(seconds=5), sequence=1
+    )
     content = Path(store.uri(key)).read_bytes()
-    [request], cursor = sensor_tick(defs, instance, None)
+    [request], _ = sensor_tick(defs, instance, None)
     Path(store.uri(key)).unlink()  # the object cannot be read when the run starts
 
-    [failed] = launch(defs, instance, [request])
-    assert not failed.success
-    assert rows(warehouse, f"SELECT count(*) FROM {PULLS}") == [(0,)]
+    [run] = launch(defs, instance, [request])
 
-    store.write_new(key, content)  # readable again
-    requests, cursor = sensor_tick(defs, instance, cursor)
-    assert requests == []  # the retry waits its pause out
-    state = LandingCursor.parse(cursor)
-    later = datetime.now(UTC) + timedelta(minutes=1)
-    plan = plan_tick(
-        state,
-        store,
-        batch_run_statuses(instance, state.in_flight),
-        later,
-        timedelta(seconds=settings.pipeline.lateness_seconds),
-        3,
-    )
-    [retried] = launch(defs, instance, [r.run_request() for r in plan.requests])
-    assert retried.success
-    assert rows(warehouse, f"SELECT event_id FROM {PULLS}") == [("f1",)]
+    assert run.success  # the rest of the batch loads
+    assert rows(warehouse, f"SELECT event_id FROM {PULLS}") == [("f2",)]
+    assert rows(warehouse, f"SELECT landing_object FROM {LEDGER}") == [(neighbour,)]
+    assert rows(warehouse, f"SELECT landing_object, reason FROM {QUARANTINED}") == [(key, "object_missing")]
+    shown = metadata(run, QUARANTINED_KEY)
+    assert (shown["dagster/row_count"], shown["objects_quarantined"]) == (1, 1)
+    assert shown["quarantined_by_this_run"] == f"- `{key}`: object_missing"
+
+    store.write_new(key, content)  # readable again: the next pass finds it unloaded and loads it
+    reconciled = defs.resolve_job_def(RECONCILE_JOB).execute_in_process(instance=instance)
+
+    assert reconciled.success
+    assert rows(warehouse, f"SELECT event_id FROM {PULLS} ORDER BY 1") == [("f1",), ("f2",)]
+    assert rows(warehouse, f"SELECT count(*) FROM {QUARANTINED}") == [(0,)]
 
 
 def test_rebuilding_from_the_landing_zone_yields_identical_tables(
@@ -248,6 +268,8 @@ def test_rebuilding_from_the_landing_zone_yields_identical_tables(
     assert rebuild.success
     assert metadata(rebuild, PULLS_KEY)["rebuild"] is True
     assert snapshot(warehouse) == before
+    shadow = base.DATASET + base.SHADOW_SUFFIX  # built beside the tables, dropped once swapped in
+    assert rows(warehouse, "SELECT * FROM information_schema.schemata WHERE schema_name = $s", {"s": shadow}) == []
 
 
 def test_objects_in_a_gcs_bucket_load_through_the_same_definitions(
@@ -265,3 +287,32 @@ def test_objects_in_a_gcs_bucket_load_through_the_same_definitions(
     assert metadata(run, PULLS_KEY)["events_loaded"] == 2
     warehouse = DuckDBWarehouse(defs.resources["warehouse"].duckdb.get_connection)
     assert rows(warehouse, f"SELECT event_id FROM {PULLS} ORDER BY 1") == [("g1",), ("g2",)]
+
+
+def test_pulls_dated_beyond_the_configured_tolerance_fail_a_warning_check_that_names_them(
+    landing_dir: Path, duckdb_path: Path, store: LocalLandingStore, instance: dg.DagsterInstance
+) -> None:
+    defs = build_definitions(
+        pipeline_settings(str(landing_dir), str(duckdb_path), PULL_EVENTS_FUTURE_TOLERANCE_S=str(24 * 3600))
+    )
+    now = datetime.now(UTC)
+    civil_now = now.replace(tzinfo=None)
+    pulls = [
+        facts("recent", when=civil_now - timedelta(hours=1)),
+        facts("skewed", when=civil_now + timedelta(hours=2)),  # within the day of tolerance set above
+        facts("ahead", when=civil_now + timedelta(days=2), repository="acme.dev/ahead"),
+        facts("far", when=datetime(9999, 1, 1), repository="acme.dev/far"),
+    ]
+    write_object(store, PULL_TYPE, [pull_event(p) for p in pulls], now)
+
+    requests, _ = sensor_tick(defs, instance, None)
+    [run] = launch(defs, instance, requests)
+
+    assert run.success
+    [check] = [e for e in run.get_asset_check_evaluations() if e.check_name == FUTURE_DATED]
+    assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.WARN)
+    assert (check.metadata["future_dated_pulls"].value, check.metadata["tolerance_seconds"].value) == (2, 86400)
+    assert check.metadata["examples"].value.splitlines()[2:] == [
+        "| cgr.dev | far | acme.dev/far | 9999-01-01T00:00:00 |",
+        f"| cgr.dev | ahead | acme.dev/ahead | {pulls[2].when.isoformat()} |",
+    ]
