@@ -18,6 +18,7 @@ top-level keys; their underscores make a clash with a CloudEvents extension name
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -31,6 +32,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pull_events.settings import LandingLocation
+
+log = logging.getLogger(__name__)
 
 OBJECT_SUFFIX = ".ndjson"
 NDJSON_CONTENT_TYPE = "application/x-ndjson"
@@ -293,11 +296,24 @@ class LocalLandingStore(LandingStore):
             if name < floor and not floor.startswith(name):
                 continue
             path = folder / name
-            info = path.stat()
+            if not _is_utf8(name):
+                log.warning("skipping %s: its name is not UTF-8, so it cannot be a key", path)
+                continue
+            try:
+                info = path.lstat()
+                if stat.S_ISLNK(info.st_mode):
+                    # A link to a file reads as that file; a link to a folder is not walked (it may loop).
+                    info = path.stat()
+                    if stat.S_ISDIR(info.st_mode):
+                        log.warning("skipping %s: a link to a folder", path)
+                        continue
+            except OSError as exc:  # a dangling link: another writer's debris, not an object
+                log.warning("skipping %s: %s", path, exc.strerror or exc)
+                continue
             if stat.S_ISDIR(info.st_mode):
                 # All keys below a folder start with "<name>/": sorting by that is sorting by key.
                 entries.append((f"{name}/", path, None))
-            elif name >= floor and name.endswith(OBJECT_SUFFIX):
+            elif name >= floor and name.endswith(OBJECT_SUFFIX) and stat.S_ISREG(info.st_mode):
                 entries.append((name, path, info.st_size))
         for sort_name, path, size in sorted(entries):
             if size is not None:
@@ -412,6 +428,14 @@ def open_landing_store(location: LandingLocation) -> LandingStore:
     if location.kind == "gcs":
         return GcsLandingStore(location.bucket, location.prefix)
     return LocalLandingStore(location.path)
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
+        return False
+    return True
 
 
 def _fsync_dir(path: Path) -> None:

@@ -54,6 +54,9 @@ CURSOR_VERSION = 2
 MAX_BATCHES_IN_FLIGHT = 8
 RETRY_PAUSE_SECONDS = 30.0
 MAX_RETRY_PAUSE_SECONDS = 1800.0
+# A batch of one object whose runs failed this many times is given up: it would hold a run slot for ever. It is
+# not lost: it stays out of the ledger, so the load-lag check names it and each reconciliation pass tries it again.
+MAX_ATTEMPTS_ALONE = 6
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ACTIVE = {
     dg.DagsterRunStatus.QUEUED,
@@ -167,6 +170,7 @@ class TickPlan:
     new_objects: int
     finished_batches: int
     failed_batches: int
+    given_up: list[str] = field(default_factory=list)  # keys left to the reconciliation pass (MAX_ATTEMPTS_ALONE)
 
 
 def plan_tick(
@@ -184,6 +188,7 @@ def plan_tick(
     state = cursor or LandingCursor()
     requests: list[RequestedBatch] = []
     finished = failed = 0
+    given_up: list[str] = []
 
     for batch_id, batch in list(state.in_flight.items()):
         statuses = run_statuses.get(batch_id, ())
@@ -195,6 +200,9 @@ def plan_tick(
         elif statuses:  # every run of the batch failed or was canceled
             del state.in_flight[batch_id]
             failed += 1
+            if len(batch.keys) == 1 and batch.attempt >= MAX_ATTEMPTS_ALONE:
+                given_up += batch.keys
+                continue
             pause = min(RETRY_PAUSE_SECONDS * 2 ** (batch.attempt - 1), MAX_RETRY_PAUSE_SECONDS)
             for part in _halves(batch):
                 state.retries.append(Batch(part.keys, part.sizes, batch.attempt + 1, now.timestamp() + pause))
@@ -214,7 +222,7 @@ def plan_tick(
     free_batches = max_batches_in_flight - len(state.in_flight) - len(state.retries)
     if free_batches <= 0:
         # Nothing could be requested: leave the cursor where it is rather than list for nothing.
-        return TickPlan(state, requests, None, 0, 0, finished, failed)
+        return TickPlan(state, requests, None, 0, 0, finished, failed, given_up)
 
     # The first tick catches up with everything already landed; later ticks resume where the last one got to.
     if first_tick:
@@ -237,7 +245,7 @@ def plan_tick(
         state.listed_to = min(now, max(since + lateness, listing.last_taken_time or since + lateness))
     prune_before = state.listed_to - lateness
     state.seen = {key for key in state.seen if _still_listable(key, prune_before, listing.keys)}
-    return TickPlan(state, requests, since, len(listing.keys), len(listing.new), finished, failed)
+    return TickPlan(state, requests, since, len(listing.keys), len(listing.new), finished, failed, given_up)
 
 
 @dataclass
@@ -365,6 +373,13 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
             len(plan.cursor.in_flight),
             len(plan.cursor.retries),
         )
+        for key in plan.given_up:
+            context.log.warning(
+                "giving up on %s after %d failed runs: the reconciliation pass tries it again and the "
+                "landed_objects_loaded check names it while it is unloaded",
+                key,
+                MAX_ATTEMPTS_ALONE,
+            )
         return dg.SensorResult(
             run_requests=[r.run_request() for r in plan.requests],
             cursor=plan.cursor.dump(),

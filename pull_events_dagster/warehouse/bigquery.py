@@ -535,10 +535,9 @@ class BigQueryWarehouse(base.Warehouse):
         """Which objects the staged lines do not account for, and the line count of each one they do.
 
         An object is accounted for when the staged lines placed in it, each with its newline, hold exactly its bytes
-        (so an object without a final newline, as the receiver never writes, is read carefully) and number
-        themselves 1..n by their own landing_line. Lines the load job could not
-        read (bad records) or could not place leave some object short: if none is, every object is read
-        carefully rather than trusting a coincidence.
+        (so an object without a final newline, as the receiver never writes, is read carefully), are all JSON and
+        number themselves 1..n by their own landing_line. Lines the load job could not read (bad records) or could
+        not place (naming no object of the batch) make every object read carefully.
         """
         keys = [o.key for o in objects]
         if bad_records is None:  # the load job refused the batch
@@ -548,11 +547,11 @@ class BigQueryWarehouse(base.Warehouse):
             for row in self.query(
                 f"""
 WITH placed AS (
-  SELECT line, blank, own_line,
+  SELECT line, blank, own_line, o IS NULL AS unparsed,
     CASE WHEN own_object IN UNNEST(@keys) THEN own_object WHEN ARRAY_LENGTH(@keys) = 1 THEN @keys[OFFSET(0)] END
       AS object_key
   FROM (
-    SELECT line, {_own_lineage("line", "o")},
+    SELECT line, o, {_own_lineage("line", "o")},
       line IS NULL OR TRIM(line, ' \\t\\r') = '' AS blank
     FROM (SELECT line, IF(JSON_TYPE(j) = 'object', j, NULL) AS o
           FROM (SELECT line, IF(BYTE_LENGTH(line) <= @max_line, SAFE.PARSE_JSON(line, wide_number_mode => 'round'),
@@ -561,7 +560,7 @@ WITH placed AS (
 SELECT object_key, COUNT(*) AS staged, COUNTIF(blank) AS blank, SUM(IFNULL(BYTE_LENGTH(line), 0) + 1) AS bytes,
   COUNT(DISTINCT IF(blank, NULL, own_line)) AS numbers, COUNTIF(NOT blank AND own_line IS NULL) AS unnumbered,
   MIN(IF(blank, NULL, own_line)) AS first, MAX(IF(blank, NULL, own_line)) AS last,
-  COUNTIF(STRPOS(line, @replacement) > 0) AS replaced
+  COUNTIF(STRPOS(line, @replacement) > 0) AS replaced, COUNTIF(NOT blank AND unparsed) AS unparsed
 FROM placed GROUP BY object_key
 """,
                 [
@@ -571,26 +570,27 @@ FROM placed GROUP BY object_key
                 ],
             )
         }
+        if bad_records or None in stats:
+            # A row the load job skipped or could not place belongs to some object: rather than trust the others'
+            # byte counts to tell which, every object is read carefully.
+            return set(keys), {}
         careful: set[str] = set()
         counts: dict[str, int] = {}
         for obj in objects:
             row = stats.get(obj.key)
-            if row is None:  # no line staged: right only for an empty object
-                if obj.size == 0:
-                    counts[obj.key] = 0
-                else:
-                    careful.add(obj.key)
+            if row is None:  # no line placed in it: the size in the run config alone cannot be trusted
+                careful.add(obj.key)
                 continue
             lines = row["staged"] - row["blank"]
             numbered = row["unnumbered"] == 0 and row["numbers"] == lines and row["first"] == 1 and row["last"] == lines
             # Exactly its size: a reader that dropped a byte (a CR) must not pass as an object without a final
-            # newline. A replacement character may stand for bytes that were not UTF-8: the careful reading tells.
-            if numbered and row["bytes"] == obj.size and row["replaced"] == 0:
+            # newline. A replacement character may stand for bytes that were not UTF-8, and a line that is not JSON
+            # says its own position only by a pattern: the careful reading tells.
+            exact = row["bytes"] == obj.size and row["replaced"] == 0 and row["unparsed"] == 0
+            if numbered and exact:
                 counts[obj.key] = lines
             else:
                 careful.add(obj.key)
-        if (bad_records or None in stats) and not careful:
-            careful = set(keys)
         return careful, {key: count for key, count in counts.items() if key not in careful}
 
     def stage_carefully(
@@ -855,10 +855,12 @@ WITH read AS (
 ), ranked AS (
   SELECT *,
     COALESCE(own_object, object_key) AS landing_object,
-    COALESCE(own_line, position) AS landing_line,
+    -- The line's own number when it names another object (a copy) and is a number; else where it was read.
+    IF(own_object != object_key AND own_line >= 1, own_line, COALESCE(position, own_line)) AS landing_line,
     IF(reason IS NULL, ROW_NUMBER() OVER (
       PARTITION BY reason IS NULL, is_pull, event_source, event_id
-      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), COALESCE(own_line, position)), NULL)
+      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), COALESCE(own_line, position),
+        object_key, position), NULL)
       AS copy_number
   FROM accounted
 ), existing AS (

@@ -23,32 +23,28 @@ notebook) makes ``connect`` fail with a lock error: connections are retried with
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import duckdb
 
 from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import DEFAULT_MAX_LINE_BYTES
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.lines import (
-    PREFIX_BYTES,
-    read_lines,
-    staged_row_bytes,
-    staging_row,
-    unreadable_reason,
-)
+from pull_events_dagster.warehouse.lines import PREFIX_BYTES, Line, read_lines, staging_row, unreadable_reason
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     KEY_SAMPLE_ROWS,
@@ -224,35 +220,72 @@ _NO_LINES = """
     SELECT NULL::INTEGER AS object_id, NULL::VARCHAR AS line, NULL::BIGINT AS position, NULL::VARCHAR AS problem
     WHERE false
 """
-# Which objects the CSV reader accounted for. Every byte of the file must be in a staged line, each with its
-# newline (an object without a final newline, as the receiver never writes, is read carefully), and the
-# lines must number themselves: by their
-# own landing_line 1..n, or with the one missing number when exactly one line cannot carry it (and no blank
-# line shifts the count). Any other object is read again carefully, whole. ``lines`` is the count the load
-# must then account for.
+# Which objects the CSV reader accounted for: every byte of the file is in a staged line, each with its newline
+# (an object without a final newline, as the receiver never writes, is read carefully), and the lines number
+# themselves 1..n by their own landing_line. An object with a line the rules reject is read carefully too, so
+# that a rejected line is always recorded where it is, not where it claims to be. ``lines`` is the count the
+# load must then account for.
 _NUMBERING = """
     INSERT INTO pe_objects
     SELECT object_id, k.object_key,
         NOT coalesce(
-            staged_bytes = z.size
-            AND (unnumbered = 0 AND numbers = lines - blank AND first = 1 AND last = lines - blank
-                OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1
-                    AND coalesce(first, 1) >= 1 AND coalesce(last, 1) <= lines),
+            staged_bytes = z.size AND unnumbered = 0 AND rejected = 0 AND numbers = lines - blank
+                AND coalesce(first, 1) = 1 AND coalesce(last, 0) = lines - blank,
             z.size = 0) AS careful,
-        CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - coalesce(total, 0) END AS gap,
         coalesce(lines - blank, 0) AS lines
     FROM pe_sizes z JOIN pe_keys k USING (object_id)
     LEFT JOIN (
         SELECT object_id, count(*) AS lines, count(*) FILTER (blank) AS blank,
             count(*) FILTER (NOT blank AND position IS NULL) AS unnumbered,
-            count(DISTINCT position) AS numbers, min(position) AS first, max(position) AS last,
-            sum(position) AS total, sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
+            count(*) FILTER (NOT blank AND reason IS NOT NULL) AS rejected,
+            count(DISTINCT position) FILTER (NOT blank) AS numbers,
+            min(position) FILTER (NOT blank) AS first, max(position) FILTER (NOT blank) AS last,
+            sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
         FROM pe_lines_csv WHERE object_id IN (SELECT unnest($ids)) GROUP BY object_id
     ) USING (object_id)
     WHERE object_id IN (SELECT unnest($ids))
 """
+# The careful reading classifies its staging rows this many bytes at a time, so DuckDB's memory holds a bounded
+# slice of a batch, whatever the batch holds.
+CAREFUL_SLICE_BYTES = 64 * 1024 * 1024
 # Glob characters: a path holding one cannot be handed to DuckDB's file readers, which would expand it.
 _GLOB = re.compile(r"[*?\[\]{}]")
+
+
+class _CarefulStaging:
+    """The careful reading's staging rows, written to files of about ``CAREFUL_SLICE_BYTES`` each; ``classify``
+    takes each full file (with its longest row) as soon as it is written."""
+
+    def __init__(self, folder: Path, classify: Callable[[Path, int], None]) -> None:
+        self.folder = folder
+        self.classify = classify
+        self.files = 0
+        self.out: BinaryIO | None = None
+        self.longest = 0
+
+    def add(self, object_id: int, lines: Iterable[Line]) -> int:
+        """Stage ``lines`` of one object; returns how many there were."""
+        count = 0
+        for line in lines:
+            if self.out is None:
+                self.files += 1
+                self.out = (self.folder / f"lines-{self.files:04d}.csv").open("wb")
+            row = staging_row(object_id, line)
+            self.out.write(row)
+            self.longest = max(self.longest, len(row))
+            count += 1
+            if self.out.tell() >= CAREFUL_SLICE_BYTES:
+                self.flush()
+        return count
+
+    def flush(self) -> None:
+        if self.out is None:
+            return
+        self.out.close()
+        path, longest = Path(self.out.name), self.longest
+        self.out, self.longest = None, 0
+        self.classify(path, longest)
+        path.unlink()
 
 
 class WarehouseLocked(RuntimeError):
@@ -509,7 +542,7 @@ class DuckDBWarehouse(base.Warehouse):
             )
             SELECT object_id, position FROM repeated
             QUALIFY row_number() OVER (PARTITION BY is_pull, event_source, event_id
-                ORDER BY received_at NULLS LAST, landing_object, landing_line) > 1
+                ORDER BY received_at NULLS LAST, landing_object, landing_line, object_id, position) > 1
             UNION
             SELECT g.object_id, g.position FROM good g
             JOIN {pulls} t ON t.event_source = g.event_source AND t.event_id = g.event_id WHERE g.is_pull
@@ -626,23 +659,21 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute("CREATE OR REPLACE TEMP TABLE pe_sizes (object_id INTEGER, size BIGINT)")
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE pe_objects "
-            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, gap BIGINT, lines BIGINT)"
+            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, lines BIGINT)"
         )
         quarantined: dict[str, tuple[str, str]] = {}
         for chunk in self._chunks(store, objects):
             with chunk as files:
                 quarantined |= files.quarantined
                 if files.objects:
-                    self._stage_chunk(conn, files, ids)
+                    quarantined |= self._stage_chunk(conn, files, ids)
         for key, (reason, detail) in sorted(quarantined.items()):
             log.warning("%s cannot be read (%s): quarantined, the rest of the batch loads: %s", key, reason, detail)
         # A line names its own landing object only where that differs from the key it was read from.
         conn.execute(
             """
             CREATE OR REPLACE TEMP VIEW pe_lines AS
-            SELECT c.* REPLACE (
-                coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line,
-                coalesce(c.landing_object, o.object_key) AS landing_object)
+            SELECT c.* REPLACE (coalesce(c.landing_object, o.object_key) AS landing_object)
             FROM pe_lines_csv c JOIN pe_objects o USING (object_id)
             WHERE NOT o.careful AND NOT c.blank
             UNION ALL
@@ -653,35 +684,61 @@ class DuckDBWarehouse(base.Warehouse):
         )
         return quarantined
 
-    def _stage_chunk(self, conn: duckdb.DuckDBPyConnection, files: _Chunk, ids: dict[str, int]) -> None:
-        chunk_ids = [ids[o.key] for o in files.objects]
+    def _stage_chunk(
+        self, conn: duckdb.DuckDBPyConnection, files: _Chunk, ids: dict[str, int]
+    ) -> dict[str, tuple[str, str]]:
+        """Stage one chunk's objects: the fast reader first, the careful one for what it does not account for.
+        Returns the objects that could not be read after all (gone since they were listed)."""
+        gone: dict[str, tuple[str, str]] = {}
+        sizes: dict[str, int] = {}
+        for obj, path in zip(files.objects, files.paths, strict=True):
+            try:
+                sizes[obj.key] = os.path.getsize(path)
+            except OSError as exc:
+                if (reason := unreadable_reason(exc)) is None:
+                    raise
+                gone[obj.key] = (reason, f"{type(exc).__name__}: {exc.strerror or exc}")
+        readable = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if o.key in sizes]
         conn.execute(
             "INSERT INTO pe_sizes SELECT unnest($ids::INTEGER[]), unnest($sizes::BIGINT[])",
-            {"ids": chunk_ids, "sizes": [os.path.getsize(path) for path in files.paths]},
+            {"ids": [ids[key] for key, _ in readable], "sizes": [sizes[key] for key, _ in readable]},
         )
-        fast = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if not _GLOB.search(path)]
-        careful = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if _GLOB.search(path)]
+        # A path with a glob character cannot be handed to DuckDB's file readers, which would expand it.
+        careful = [(key, path) for key, path in readable if _GLOB.search(path)]
+        fast = [(key, path) for key, path in readable if not _GLOB.search(path)]
         if fast:
-            keys, paths = [key for key, _ in fast], [path for _, path in fast]
-            self._paths(conn, paths, keys, ids)
-            try:
-                self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, paths)
-            except duckdb.Error as exc:
-                # Whatever the fast reader refuses, the careful one reads; if that fails too, the load fails.
-                log.info("reading %d objects carefully: %s", len(keys), str(exc).splitlines()[0])
-                careful += fast
-            else:
-                conn.execute(_NUMBERING, {"ids": [ids[key] for key in keys]})
-                retry = {
-                    key
-                    for (key,) in conn.execute(
-                        "SELECT object_key FROM pe_objects WHERE careful AND object_id IN (SELECT unnest($ids))",
-                        {"ids": [ids[key] for key in keys]},
-                    ).fetchall()
-                }
-                careful += [(key, path) for key, path in fast if key in retry]
+            careful += self._stage_fast(conn, fast, ids)
         if careful:
-            self._stage_carefully(conn, careful, ids)
+            gone |= self._stage_carefully(conn, careful, ids)
+        return gone
+
+    def _stage_fast(
+        self, conn: duckdb.DuckDBPyConnection, objects: list[tuple[str, str]], ids: dict[str, int]
+    ) -> list[tuple[str, str]]:
+        """Stage ``(key, path)`` objects with the CSV reader; returns those it does not account for.
+
+        A group the reader refuses is halved until the files it refuses are alone, so one odd object sends only
+        itself to the careful reading, not its whole batch.
+        """
+        keys, paths = [key for key, _ in objects], [path for _, path in objects]
+        self._paths(conn, paths, keys, ids)
+        try:
+            self._classify(conn, "INSERT INTO pe_lines_csv", _LINES_BY_CSV, paths)
+        except duckdb.Error as exc:
+            if len(objects) == 1:
+                log.info("reading %s carefully: %s", keys[0], str(exc).splitlines()[0])
+                return objects
+            middle = len(objects) // 2
+            return self._stage_fast(conn, objects[:middle], ids) + self._stage_fast(conn, objects[middle:], ids)
+        conn.execute(_NUMBERING, {"ids": [ids[key] for key in keys]})
+        retry = {
+            key
+            for (key,) in conn.execute(
+                "SELECT object_key FROM pe_objects WHERE careful AND object_id IN (SELECT unnest($ids))",
+                {"ids": [ids[key] for key in keys]},
+            ).fetchall()
+        }
+        return [(key, path) for key, path in objects if key in retry]
 
     def _paths(self, conn: duckdb.DuckDBPyConnection, paths: list[str], keys: list[str], ids: dict[str, int]) -> None:
         """The temp table ``pe_paths``: which object each file the fast reader names holds."""
@@ -693,30 +750,46 @@ class DuckDBWarehouse(base.Warehouse):
 
     def _stage_carefully(
         self, conn: duckdb.DuckDBPyConnection, objects: list[tuple[str, str]], ids: dict[str, int]
-    ) -> None:
-        """Read ``(key, path)`` objects with ``lines.read_lines`` into one staging file, then classify its rows."""
+    ) -> dict[str, tuple[str, str]]:
+        """Read ``(key, path)`` objects with ``lines.read_lines`` and classify their rows, a slice at a time.
+
+        Returns the objects that could not be opened (gone since they were listed): they leave ``pe_objects``.
+        """
         counts: dict[int, int] = {}
+        gone: dict[str, tuple[str, str]] = {}
         with tempfile.TemporaryDirectory(prefix="pull-events-lines-", dir=self.download_dir) as tmp:
-            staged = Path(tmp) / "lines.csv"
-            with staged.open("wb") as out:
-                for key, path in objects:
-                    object_id = ids[key]
-                    counts[object_id] = 0
-                    with open(path, "rb") as stream:
-                        for line in read_lines(stream, self.max_line_bytes):
-                            out.write(staging_row(object_id, line))
-                            counts[object_id] += 1
-            if staged.stat().st_size:
-                self._classify(conn, "INSERT INTO pe_lines_careful", _LINES_CAREFULLY, [str(staged)])
-        # The careful count replaces whatever the fast reader made of these objects.
-        conn.execute("DELETE FROM pe_objects WHERE object_id IN (SELECT unnest($ids))", {"ids": list(counts)})
+            staging = _CarefulStaging(Path(tmp), lambda path, longest: self._classify_careful(conn, path, longest))
+            for key, path in objects:
+                try:
+                    stream = open(path, "rb")  # noqa: SIM115 - closed below, after its last line
+                except OSError as exc:
+                    if (reason := unreadable_reason(exc)) is None:
+                        raise
+                    gone[key] = (reason, f"{type(exc).__name__}: {exc.strerror or exc}")
+                    continue
+                with stream:
+                    counts[ids[key]] = staging.add(ids[key], read_lines(stream, self.max_line_bytes))
+            staging.flush()
+        # The careful count replaces whatever the fast reader made of these objects; a gone object leaves.
+        read_again = [ids[key] for key, _ in objects]
+        conn.execute("DELETE FROM pe_objects WHERE object_id IN (SELECT unnest($ids))", {"ids": read_again})
         conn.execute(
-            "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL, lines FROM pe_keys "
+            "INSERT INTO pe_objects SELECT object_id, object_key, true, lines FROM pe_keys "
             "JOIN (SELECT unnest($ids::INTEGER[]) AS object_id, unnest($lines::BIGINT[]) AS lines) USING (object_id)",
             {"ids": list(counts), "lines": list(counts.values())},
         )
+        return gone
 
-    def _classify(self, conn: duckdb.DuckDBPyConnection, into: str, lines: str, paths: list[str]) -> None:
+    def _classify_careful(self, conn: duckdb.DuckDBPyConnection, path: Path, longest: int) -> None:
+        # The reader's line limit is the longest row staged, not the largest possible: DuckDB sizes its read
+        # buffers from it.
+        self._classify(
+            conn, "INSERT INTO pe_lines_careful", _LINES_CAREFULLY, [str(path)], max(longest + 1, 2 * 1024 * 1024)
+        )
+
+    def _classify(
+        self, conn: duckdb.DuckDBPyConnection, into: str, lines: str, paths: list[str], max_row: int | None = None
+    ) -> None:
         """Read files' lines with the ``lines`` reader, parse each line once, and judge it by the load rules."""
         t = _T
         body_type = duckdb_type(PULL_BODY)
@@ -728,8 +801,9 @@ class DuckDBWarehouse(base.Warehouse):
             WITH split AS ({lines}
             ), raw AS (
                 SELECT s.object_id, k.object_key, s.position, s.problem, s.line,
-                    coalesce(CASE WHEN length(s.line) > 8 THEN false ELSE trim(s.line, $blank) = '' END, true)
-                        AS blank,
+                    -- Blank: only JSON whitespace, whatever its length (most lines are told by their first character).
+                    coalesce(CASE WHEN s.line[1] NOT IN ('', ' ', chr(9), chr(13)) THEN false
+                        ELSE trim(s.line, $blank) = '' END, true) AS blank,
                     -- An overlong line is never parsed: its size alone rejects it.
                     CASE WHEN s.problem IS NULL AND strlen(s.line) <= $max_line THEN TRY_CAST(s.line AS JSON) END AS j
                 FROM split s JOIN pe_keys k USING (object_id)
@@ -808,7 +882,9 @@ class DuckDBWarehouse(base.Warehouse):
                 CASE WHEN reason = 'line_too_large' THEN left(line, $prefix) WHEN reason IS NOT NULL THEN line END
                     AS rejected_line,
                 CASE WHEN p.landing_object IS DISTINCT FROM object_key THEN p.landing_object END AS landing_object,
-                coalesce(p.landing_line, position) AS landing_line,
+                -- The line's own number when it names another object (a copy) and is a number; else where it is.
+                CASE WHEN p.landing_object <> object_key AND p.landing_line >= 1 THEN p.landing_line
+                    ELSE coalesce(position, p.landing_line) END AS landing_line,
                 id AS event_id, source AS event_source, type AS event_type, p.subject AS event_subject,
                 TRY_CAST(time AS TIMESTAMPTZ) AS event_time, p."group" AS event_group,
                 p.specversion AS event_specversion, p.datacontenttype AS event_datacontenttype,
@@ -823,7 +899,7 @@ class DuckDBWarehouse(base.Warehouse):
             """,
             {
                 **({"paths": paths} if "$paths" in lines else {}),
-                **({"max_staged_row": staged_row_bytes(self.max_line_bytes)} if "$max_staged_row" in lines else {}),
+                **({"max_staged_row": max_row} if "$max_staged_row" in lines else {}),
                 "max_line": self.max_line_bytes,
                 "prefix": PREFIX_BYTES,
                 "blank": " \t\r\n",
@@ -1111,13 +1187,23 @@ def _check_accounting(conn: duckdb.DuckDBPyConnection) -> None:
         )
 
 
+def _check_regular_file(path: str) -> None:
+    """Raise unless ``path`` opens as a regular file: without blocking (a FIFO named like an object would hold the
+    load for ever) and readable."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+    finally:
+        os.close(fd)
+
+
 def _local_chunk(objects: Sequence[LandedObject], paths: Sequence[str]) -> _Chunk:
     """A store's own files as one chunk; a file that is gone or cannot be opened is set aside."""
     chunk = _Chunk([], [])
     for obj, path in zip(objects, paths, strict=True):
         try:
-            with open(path, "rb"):
-                pass
+            _check_regular_file(path)
         except OSError as exc:
             reason = unreadable_reason(exc)
             if reason is None:

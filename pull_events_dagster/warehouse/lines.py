@@ -89,8 +89,10 @@ def _finish(segment: _Segment, position: int, max_line_bytes: int) -> Line:
     try:
         return Line(position, data.decode("utf-8"), None, segment.size)
     except UnicodeDecodeError:
-        # Bad bytes become \xNN escapes: the rejected row shows where they are, in text any reader can store.
-        return Line(position, data.decode("utf-8", errors="backslashreplace"), INVALID_UTF8, segment.size)
+        # Bad bytes become \xNN escapes: the rejected row shows where they are, in text any reader can store. Only
+        # the prefix is kept, as for an overlong line: escapes would make a whole line up to four times longer.
+        prefix = data[:PREFIX_BYTES].decode("utf-8", errors="backslashreplace")
+        return Line(position, prefix, INVALID_UTF8, segment.size)
 
 
 def staging_row(object_id: int, line: Line) -> bytes:
@@ -100,10 +102,9 @@ def staging_row(object_id: int, line: Line) -> bytes:
 
 
 def staged_row_bytes(max_line_bytes: int) -> int:
-    """The longest staging row a line can give (its CSV readers' line limit): the text kept is at most
-    ``max_line_bytes`` (or the prefix of an overlong line), four times that when bad bytes become ``\\xNN``
-    escapes, and base64 adds a third."""
-    return 4 * (4 * max(max_line_bytes, PREFIX_BYTES) + 2) // 3 + 64
+    """The longest staging row a line can give: the text kept is at most ``max_line_bytes`` (or a problem line's
+    prefix, whose ``\\xNN`` escapes make it up to four times longer), and base64 adds a third."""
+    return 4 * (max(max_line_bytes, 4 * PREFIX_BYTES) + 2) // 3 + 64
 
 
 OBJECT_MISSING = "object_missing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import Counter, defaultdict
@@ -14,7 +15,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore
+from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore, object_key
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked
 from tests.pipeline.conftest import rows
@@ -743,3 +744,99 @@ def test_huge_lines_are_rejected_unparsed_and_big_ones_load_within_the_memory_li
         (huge, 2, "line_too_large", 4096),
         (huge, 3, "line_too_large", 4096),
     ]
+
+
+def _raw_object(store: LocalLandingStore, key: str, data: bytes) -> LandedObject:
+    store.write_new(key, data)
+    return LandedObject(key, len(data), store.uri(key))
+
+
+def _line(event_id: str, key: str, number: int, **changes: object) -> bytes:
+    record = json.loads(landed_line(pull_event(facts(event_id)), key, number, T0, "hand"))
+    for name, value in changes.items():
+        if value is None:
+            del record[name]
+        else:
+            record[name] = value
+    return json.dumps(record, separators=(",", ":")).encode()
+
+
+def test_a_line_of_only_whitespace_is_no_line_whatever_its_length(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    key = object_key(PULL_TYPE, T0, "hand", 1)
+    obj = _raw_object(store, key, _line("w1", key, 1) + b"\n" + b" \t" * 20 + b"\r\n")
+
+    result = warehouse.load_objects(store, [obj], "run")
+
+    assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (1, 1, 0)
+    assert rows(warehouse, f"SELECT lines FROM {LEDGER}") == [(1,)]
+
+
+def test_rejected_and_unnumbered_lines_are_recorded_where_they_are_not_where_they_claim(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    key = object_key(PULL_TYPE, T0, "hand", 1)
+    bad_when = json.loads(_line("r1", key, 3))
+    bad_when["data"]["body"]["when"] = "not-a-time"
+    data = b"\n".join(
+        [
+            json.dumps(bad_when).encode(),  # claims line 3, is line 1
+            b"{broken",  # line 2, claims nothing
+            _line("r2", key, 1),  # a good line claiming 1 at line 3: the object is read carefully, so line 3
+            _line("r3", key, 0, landing_line=None, landing_object=None),  # line 4 names nothing: the loader does
+        ]
+    )
+    obj = _raw_object(store, key, data + b"\n")
+
+    warehouse.load_objects(store, [obj], "run")
+
+    assert rows(warehouse, f"SELECT landing_object, landing_line, reason FROM {REJECTED} ORDER BY 2") == [
+        (key, 1, "invalid_value:body.when"),
+        (key, 2, "invalid_json"),
+    ]
+    assert rows(warehouse, f"SELECT event_id, landing_object, landing_line FROM {PULLS} ORDER BY 1") == [
+        ("r2", key, 3),
+        ("r3", key, 4),
+    ]
+
+
+def test_one_odd_object_is_read_carefully_alone_while_its_batch_takes_the_fast_path(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Observed, not replaced: which objects the careful reading is handed.
+    read_carefully: list[str] = []
+    careful = DuckDBWarehouse._stage_carefully
+
+    def spy(self: DuckDBWarehouse, conn: duckdb.DuckDBPyConnection, objects: list, ids: dict) -> dict:
+        read_carefully.extend(key for key, _ in objects)
+        return careful(self, conn, objects, ids)
+
+    monkeypatch.setattr(DuckDBWarehouse, "_stage_carefully", spy)
+    keys = [object_key(PULL_TYPE, T0, "hand", n) for n in range(9)]
+    batch = [_raw_object(store, key, _line(f"b{n}", key, 1) + b"\n") for n, key in enumerate(keys[:8])]
+    # A CR makes DuckDB's strict CSV reader refuse the group it is in.
+    odd = _raw_object(store, keys[8], _line("b8", keys[8], 1).replace(b"latest", b"la\rtest") + b"\n")
+
+    result = warehouse.load_objects(store, [*batch, odd], "run")
+
+    assert read_carefully == [keys[8]]
+    assert (result.objects_loaded, result.pulls_inserted, result.lines_rejected) == (9, 8, 1)
+
+
+def test_landing_zone_debris_is_skipped_by_the_listing_and_quarantined_when_named(
+    store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    good = write_object(store, PULL_TYPE, [pull_event(facts("d1"))], T0)
+    folder = Path(store.uri(good)).parent
+    os.mkfifo(folder / "fifo.ndjson")
+    os.symlink("/nonexistent/x", folder / "dangling.ndjson")
+    os.symlink("..", folder / "loop")
+    os.close(os.open(os.fsencode(folder) + b"/name\xff.ndjson", os.O_CREAT | os.O_WRONLY))
+
+    assert [obj.key for obj in store.list_all()] == [good]
+    fifo_key = good.rsplit("/", 1)[0] + "/fifo.ndjson"
+    fifo = LandedObject(fifo_key, 0, store.uri(fifo_key))
+    result = warehouse.load_objects(store, [*objects(store, good), fifo], "run")  # named by hand: never blocks
+
+    assert (result.pulls_inserted, result.quarantined) == (1, {fifo_key: "object_unreadable"})

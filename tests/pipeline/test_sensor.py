@@ -20,7 +20,9 @@ from pull_events_dagster.defs.jobs import LOAD_JOB
 from pull_events_dagster.defs.sensors import (
     BATCH_TAG,
     LANDING_SENSOR,
+    MAX_ATTEMPTS_ALONE,
     MAX_BATCHES_IN_FLIGHT,
+    MAX_RETRY_PAUSE_SECONDS,
     LandingCursor,
     TickPlan,
     batch_run_statuses,
@@ -195,6 +197,28 @@ def test_a_failed_runs_objects_are_requested_again_in_halves_after_a_pause(
     assert [(r.batch.keys, r.batch.attempt) for r in retried.requests] == [([keys[0]], 2), (keys[1:], 2)]
     assert all(r.run_request().tags["pull_events/attempt"] == "2" for r in retried.requests)
     assert len({r.batch_id for r in retried.requests} | {request.run_key}) == 3  # new run keys
+
+
+def test_a_lone_object_whose_runs_keep_failing_is_given_up_to_the_reconciliation_pass(
+    store: LocalLandingStore,
+) -> None:
+    now = datetime.now(UTC)
+    key = land(store, now - timedelta(seconds=30), 0)
+    state = plan_tick(None, store, {}, now, HOUR, 3).cursor
+    attempts = []
+    for _ in range(MAX_ATTEMPTS_ALONE):
+        [(batch_id, batch)] = state.in_flight.items()
+        attempts.append(batch.attempt)
+        now += timedelta(seconds=MAX_RETRY_PAUSE_SECONDS + 1)  # past any pause
+        failed = plan_tick(state, store, {batch_id: [dg.DagsterRunStatus.FAILURE]}, now, HOUR, 3)
+        state = plan_tick(
+            failed.cursor, store, {}, now + timedelta(seconds=MAX_RETRY_PAUSE_SECONDS + 1), HOUR, 3
+        ).cursor
+    assert attempts == list(range(1, MAX_ATTEMPTS_ALONE + 1))
+    assert failed.given_up == [key]
+    # It holds no run slot and the sensor does not request it again.
+    assert (state.in_flight, state.retries) == ({}, [])
+    assert plan_tick(state, store, {}, now + 3 * HOUR, HOUR, 3).requests == []
 
 
 def test_a_canceled_run_counts_as_failed_and_success_retires_the_batch(
