@@ -6,6 +6,7 @@ empties no one's windows; a rebuild from the landing zone changes the tables onl
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,12 +19,19 @@ from dagster_duckdb import DuckDBResource
 from google.api_core.retry import Retry
 from google.cloud.exceptions import NotFound
 
-from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore
+from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore, object_key
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from pull_events_dagster.warehouse.schema import TABLES
-from tests.pipeline.factories import PULL_TYPE, LandingSpec, pull_event, synthetic_landing, write_object
+from tests.pipeline.factories import (
+    PULL_TYPE,
+    LandingSpec,
+    landed_line,
+    pull_event,
+    synthetic_landing,
+    write_object,
+)
 from tests.pipeline.test_duckdb_warehouse import expected_summary, facts
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -309,3 +317,42 @@ def test_a_rebuild_that_cannot_read_an_object_already_loaded_keeps_the_tables(en
 
     assert engine.snapshot() == before
     assert not engine.shadow_exists()
+
+
+# -- tokens ------------------------------------------------------------------------------------------------
+
+
+def _line_with_token(event_id: str, key: str, number: int, token: str) -> bytes:
+    record = json.loads(landed_line(pull_event(facts(event_id)), key, number, T0, "hand"))
+    return json.dumps({**record, "token_sha256": token}, separators=(",", ":")).encode()
+
+
+def test_a_token_authorizes_one_event_and_a_second_event_with_it_is_rejected_as_token_replayed(engine: Engine) -> None:
+    token, other = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    first, second = (object_key(PULL_TYPE, T0, "hand", n) for n in (1, 2))
+    first_lines = [
+        _line_with_token("t1", first, 1, token),
+        _line_with_token("t2", first, 2, token),  # a captured token minting a new event in the same batch
+        _line_with_token("t1", first, 3, token),  # a genuine retry: the same event, a duplicate
+    ]
+    second_lines = [_line_with_token("t3", second, 1, token), _line_with_token("t4", second, 2, other)]
+    loads = []
+    for key, lines in ((first, first_lines), (second, second_lines)):  # the second load sees the first's rows
+        data = b"\n".join(lines) + b"\n"
+        engine.store.write_new(key, data)
+        loads.append(
+            engine.warehouse.load_objects(engine.store, [LandedObject(key, len(data), engine.store.uri(key))], key)
+        )
+
+    assert [(r.pulls_inserted, r.duplicates_skipped, r.lines_rejected) for r in loads] == [(1, 1, 1), (1, 0, 1)]
+    assert engine.select(f"SELECT event_id, token_sha256 FROM {{{base.PULLS}}} ORDER BY 1") == [
+        ("t1", token),
+        ("t4", other),
+    ]
+    rejected = f"SELECT landing_object, landing_line, reason, raw_line FROM {{{base.REJECTED}}} ORDER BY 1, 2"
+    assert engine.select(rejected) == [
+        (first, 2, "token_replayed", first_lines[1].decode()),
+        (second, 1, "token_replayed", second_lines[0].decode()),
+    ]
+    ledger = f"SELECT landing_object, lines, lines_rejected FROM {{{base.LOADED_OBJECTS}}} ORDER BY 1"
+    assert engine.select(ledger) == [(first, 3, 1), (second, 2, 1)]

@@ -26,6 +26,10 @@ PULLS = "dev_chainguard_registry_pull_v1"
 EVENTS = "events"  # every event type other than pulls: envelope columns + data as JSON
 REJECTED = "rejected_events"  # lines that could not be loaded, with the reason
 LOADED_OBJECTS = "loaded_objects"  # ledger: one row per landing object loaded (exactly-once per object)
+# How far back (by received_at) a load looks for an earlier event carrying the same token. It must exceed the
+# longest token lifetime the receivers accept (Chainguard's tokens live minutes; receivers bound them to hours).
+TOKEN_REPLAY_WINDOW = timedelta(days=1)
+TOKEN_REPLAYED = "token_replayed"
 QUARANTINED = "quarantined_objects"  # landing objects that could not be read at all, until one load reads them
 DAILY_PULLS = "daily_pulls"
 REPOSITORY_SUMMARY = "repository_pull_summary"

@@ -675,6 +675,7 @@ FROM placed GROUP BY object_key
                     v_skip_keys=("ARRAY<STRING>", sorted(quarantined)),
                     v_max_line=("INT64", self.max_line_bytes),
                     v_prefix=("INT64", PREFIX_BYTES),
+                    v_token_window=("INT64", int(base.TOKEN_REPLAY_WINDOW.total_seconds())),
                     v_loaded_at=("TIMESTAMP", loaded_at),
                     v_run_id=("STRING", run_id),
                 )
@@ -766,11 +767,30 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
         when_text = json_text(o, ("data", "body", "when"))
         status = ("data", "body", "error", "status")
 
+        def token_rows(table: str) -> str:
+            """An earlier load's events carrying one of the batch's tokens, received within the replay window."""
+            return f"""SELECT token_sha256 AS token, event_source, event_id, event_type, received_at, 0 AS batch,
+      CAST(NULL AS STRING) AS landing_object, CAST(NULL AS INT64) AS landing_line, CAST(NULL AS STRING) AS object_key,
+      CAST(NULL AS INT64) AS position
+    FROM {self._t(table)}
+    WHERE token_sha256 IN (SELECT token FROM tokens)
+      AND received_at >= (SELECT TIMESTAMP_SUB(MIN(received_at), INTERVAL v_token_window SECOND) FROM tokens)"""
+
         def merge(table: str, outcome: str, values: dict[str, str]) -> str:
             sources = {
                 **{c.name: c.name for c in ENVELOPE},
                 **values,
-                **{c: c for c in ("landing_object", "landing_line", "received_at", "received_by", "body_sha256")},
+                **{
+                    c: c
+                    for c in (
+                        "landing_object",
+                        "landing_line",
+                        "received_at",
+                        "received_by",
+                        "body_sha256",
+                        "token_sha256",
+                    )
+                },
                 "loaded_at": "v_loaded_at",
                 # Read only for the rows merged: the rows of one kind, all of them good lines.
                 "raw_event": f"IF(IFNULL({keeps_raw_event(o, table == base.PULLS)}, TRUE), {o}, NULL)",
@@ -791,7 +811,7 @@ WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
         }
         event_values = {"data": f"JSON_QUERY({o}, '$.data')"}
         # The attributes and receiver keys read as plain text (the ones above have rules or types of their own).
-        plain = ("specversion", "datacontenttype", "dataschema", "audience", "actor", "body_sha256")
+        plain = ("specversion", "datacontenttype", "dataschema", "audience", "actor", "body_sha256", "token_sha256")
         more_attributes = ",\n    ".join(f"{json_text(o, (key,))} AS {LINE_KEYS[key]}" for key in plain)
 
         return f"""
@@ -873,23 +893,43 @@ WITH read AS (
   FROM {self._t(base.EVENTS)} t
   JOIN (SELECT DISTINCT event_source, event_id FROM ranked WHERE reason IS NULL AND NOT is_pull) k
     ON t.event_source = k.event_source AND t.event_id = k.event_id
+), tokens AS (
+  SELECT token_sha256 AS token, event_source, event_id, event_type, received_at, 1 AS batch, landing_object,
+    landing_line, object_key, position
+  FROM ranked WHERE reason IS NULL AND token_sha256 IS NOT NULL
+), bound AS (
+  -- A token authorizes one event: the first it carried (an earlier load's row within the replay window, else
+  -- this batch's first by receipt) binds it.
+  SELECT token, event_source, event_id, event_type FROM (
+    {token_rows(base.PULLS)}
+    UNION ALL
+    {token_rows(base.EVENTS)}
+    UNION ALL
+    SELECT * FROM tokens)
+  WHERE TRUE
+  QUALIFY ROW_NUMBER() OVER (PARTITION BY token
+    ORDER BY batch, received_at, landing_object, landing_line, object_key, position) = 1
 )
 SELECT r.*,
   CASE
     WHEN r.reason IS NOT NULL THEN 'rejected'
+    -- Another event under a token that authorized one already: rejected as token_replayed.
+    WHEN d.token IS NOT NULL AND (r.event_source != d.event_source OR r.event_id != d.event_id
+      OR r.event_type != d.event_type) THEN 'rejected'
     WHEN r.copy_number > 1 OR e.event_id IS NOT NULL THEN 'duplicate'
     WHEN r.is_pull THEN 'pull'
     ELSE 'event'
   END AS outcome
 FROM ranked r
 LEFT JOIN existing e
-  ON e.is_pull = r.is_pull AND e.event_source = r.event_source AND e.event_id = r.event_id;
+  ON e.is_pull = r.is_pull AND e.event_source = r.event_source AND e.event_id = r.event_id
+LEFT JOIN bound d ON r.reason IS NULL AND d.token = r.token_sha256;
 {merge(base.PULLS, "pull", pull_values)}
 {merge(base.EVENTS, "event", event_values)}
 
 -- Where the load read the line: what a rejected line says of itself is not to be trusted.
 INSERT INTO {self._t(base.REJECTED)} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
-SELECT object_key, COALESCE(position, own_line), reason,
+SELECT object_key, COALESCE(position, own_line), IFNULL(reason, {sql_literal(base.TOKEN_REPLAYED)}),
   IF(reason = 'line_too_large' AND problem IS NULL, LEFT(line, v_prefix), line), v_loaded_at, v_run_id
 FROM {lines} l
 WHERE outcome = 'rejected' AND NOT EXISTS (

@@ -444,6 +444,7 @@ class DuckDBWarehouse(base.Warehouse):
                 # Reading fills temp tables only, outside the transaction, so that a statement failing there
                 # (DuckDB's CSV reader refusing a file) can be answered by the careful reader.
                 quarantined = self._stage_lines(conn, store, todo)
+                self._find_replayed_tokens(conn, store)
                 conn.execute("BEGIN TRANSACTION")
                 try:
                     self._write_rows(conn, self._next_loaded_at(conn), run_id, quarantined)
@@ -534,7 +535,7 @@ class DuckDBWarehouse(base.Warehouse):
             WITH good AS (
                 SELECT is_pull, event_source, event_id, object_id, position, received_at, landing_object,
                     landing_line
-                FROM pe_lines WHERE reason IS NULL
+                FROM pe_lines ANTI JOIN pe_replayed USING (object_id, position) WHERE reason IS NULL
             ), repeated AS (
                 SELECT g.* FROM good g
                 SEMI JOIN (SELECT is_pull, event_source, event_id FROM good GROUP BY ALL HAVING count(*) > 1) r
@@ -553,7 +554,7 @@ class DuckDBWarehouse(base.Warehouse):
         )
         winners = (
             "FROM pe_lines c ANTI JOIN pe_losers l ON l.object_id = c.object_id AND l.position = c.position "
-            "WHERE c.reason IS NULL"
+            "ANTI JOIN pe_replayed r ON r.object_id = c.object_id AND r.position = c.position WHERE c.reason IS NULL"
         )
         # Every column of the two tables comes from the staged line's column of the same name, except these.
         computed = {"repository": "c.body.repository", "data": "c.event_data", "loaded_at": "$loaded_at"}
@@ -567,23 +568,31 @@ class DuckDBWarehouse(base.Warehouse):
             f"""
             INSERT INTO {rejected} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
             -- Where the load read the line: what a rejected line says of itself is not to be trusted.
-            SELECT k.object_key, c.position, c.reason, c.rejected_line, $loaded_at, $run_id
-            FROM pe_lines c JOIN pe_keys k USING (object_id)
-            WHERE c.reason IS NOT NULL AND NOT EXISTS (
-                SELECT 1 FROM {rejected} r WHERE r.landing_object = k.object_key AND r.landing_line = c.position)
+            SELECT object_key, position, reason, raw_line, $loaded_at, $run_id
+            FROM (
+                SELECT k.object_key, c.position, c.reason, c.rejected_line AS raw_line
+                FROM pe_lines c JOIN pe_keys k USING (object_id) WHERE c.reason IS NOT NULL
+                UNION ALL
+                SELECT object_key, position, $replayed, raw_line FROM pe_replayed
+            ) c
+            WHERE NOT EXISTS (
+                SELECT 1 FROM {rejected} r WHERE r.landing_object = c.object_key AND r.landing_line = c.position)
             """,
-            {**params, "run_id": run_id},
+            {**params, "run_id": run_id, "replayed": base.TOKEN_REPLAYED},
         )
         conn.execute(
             """
             CREATE OR REPLACE TEMP TABLE pe_stats AS
             SELECT f.object_key AS landing_object, count(c.position) AS lines,
-                count(*) FILTER (c.reason IS NULL AND c.is_pull AND l.position IS NULL) AS pulls_inserted,
-                count(*) FILTER (c.reason IS NULL AND NOT c.is_pull AND l.position IS NULL) AS events_inserted,
+                count(*) FILTER (good AND c.is_pull AND l.position IS NULL) AS pulls_inserted,
+                count(*) FILTER (good AND NOT c.is_pull AND l.position IS NULL) AS events_inserted,
                 count(l.position) AS duplicates_skipped,
-                count(*) FILTER (c.reason IS NOT NULL) AS lines_rejected
+                count(*) FILTER (NOT good) AS lines_rejected
             FROM pe_objects f
-            LEFT JOIN pe_lines c USING (object_id)
+            LEFT JOIN (
+                SELECT c.*, c.reason IS NULL AND r.position IS NULL AS good
+                FROM pe_lines c LEFT JOIN pe_replayed r USING (object_id, position)
+            ) c USING (object_id)
             LEFT JOIN pe_losers l USING (object_id, position)
             GROUP BY f.object_key
             """,
@@ -605,6 +614,56 @@ class DuckDBWarehouse(base.Warehouse):
             """,
             params,
         )
+
+    def _find_replayed_tokens(self, conn: duckdb.DuckDBPyConnection, store: LandingStore) -> None:
+        """The temp table ``pe_replayed``: good lines whose token already authorized another event.
+
+        A token authorizes one delivery: the first event it carried (an earlier load's row within
+        ``TOKEN_REPLAY_WINDOW``, else this batch's first by receipt) binds it, and any line carrying it with another
+        source, id or type is rejected as ``token_replayed``. A genuine redelivery of the same event is a duplicate.
+        The few replayed lines' text is read again from their objects for the rejected-events row.
+        """
+        pulls, events = self._table(base.PULLS), self._table(base.EVENTS)
+        loaded = " UNION ALL ".join(
+            f"SELECT token_sha256 AS token, event_source, event_id, event_type, received_at FROM {table} "
+            "WHERE token_sha256 IN (SELECT token FROM batch) AND received_at >= (SELECT since FROM earliest)"
+            for table in (pulls, events)
+        )
+        conn.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE pe_replayed AS
+            WITH batch AS (
+                SELECT object_id, position, token_sha256 AS token, event_source, event_id, event_type, received_at,
+                    landing_object, landing_line
+                FROM pe_lines WHERE reason IS NULL AND token_sha256 IS NOT NULL
+            ), earliest AS (
+                SELECT coalesce(min(received_at) - to_seconds($window), '-infinity'::TIMESTAMPTZ) AS since FROM batch
+            ), bound AS (
+                SELECT token, event_source, event_id, event_type FROM (
+                    SELECT *, 0 AS batch, NULL AS landing_object, NULL AS landing_line, NULL AS object_id,
+                        NULL AS position
+                    FROM ({loaded})
+                    UNION ALL BY NAME
+                    SELECT *, 1 AS batch FROM batch
+                )
+                QUALIFY row_number() OVER (PARTITION BY token
+                    ORDER BY batch, received_at NULLS LAST, landing_object, landing_line, object_id, position) = 1
+            )
+            SELECT b.object_id, b.position, k.object_key, NULL::VARCHAR AS raw_line
+            FROM batch b JOIN bound d USING (token) JOIN pe_keys k USING (object_id)
+            WHERE b.event_source IS DISTINCT FROM d.event_source OR b.event_id IS DISTINCT FROM d.event_id
+                OR b.event_type IS DISTINCT FROM d.event_type
+            """,
+            {"window": base.TOKEN_REPLAY_WINDOW.total_seconds()},
+        )
+        replayed = conn.execute("SELECT object_key, list(position) FROM pe_replayed GROUP BY ALL").fetchall()
+        for key, positions in replayed:
+            log.warning("%s: %d lines carry a token that authorized another event", key, len(positions))
+            texts = _line_texts(store, key, set(positions), self.max_line_bytes)
+            conn.executemany(
+                "UPDATE pe_replayed SET raw_line = $text WHERE object_key = $key AND position = $position",
+                [{"text": text, "key": key, "position": position} for position, text in texts.items()],
+            )
 
     def _record_quarantine(
         self,
@@ -889,7 +948,7 @@ class DuckDBWarehouse(base.Warehouse):
                 TRY_CAST(time AS TIMESTAMPTZ) AS event_time, p."group" AS event_group,
                 p.specversion AS event_specversion, p.datacontenttype AS event_datacontenttype,
                 p.dataschema AS event_dataschema, p.audience AS event_audience, p.actor AS event_actor,
-                {_RECEIVED_AT} AS received_at, p.received_by, p.body_sha256,
+                {_RECEIVED_AT} AS received_at, p.received_by, p.body_sha256, p.token_sha256,
                 coalesce(is_pull, false) AS is_pull,
                 CASE WHEN reason IS NULL AND is_pull THEN p.data.actor END AS actor,
                 CASE WHEN reason IS NULL AND is_pull
@@ -1185,6 +1244,12 @@ def _check_accounting(conn: duckdb.DuckDBPyConnection) -> None:
             f"{len(unbalanced)}+ objects not accounted for, e.g. {key}: {counted} lines in its bytes, {staged} staged, "
             f"{outcomes} rows + duplicates + rejected; nothing of this load is written"
         )
+
+
+def _line_texts(store: LandingStore, key: str, positions: set[int], max_line_bytes: int) -> dict[int, str]:
+    """The text of the lines of ``key`` at ``positions``, read again from the store."""
+    with store.open_read(key) as stream:
+        return {line.position: line.text for line in read_lines(stream, max_line_bytes) if line.position in positions}
 
 
 def _check_regular_file(path: str) -> None:

@@ -53,6 +53,11 @@ LINEAGE: tuple[Column, ...] = (
     Column("received_at", "TIMESTAMP", "when the receiver accepted the event"),
     _s("received_by", "receiver instance that accepted the event"),
     _s("body_sha256", "sha256 of the HTTP body the receiver accepted, as 'sha256:<hex>'"),
+    _s(
+        "token_sha256",
+        "sha256 of the bearer token that authorized the delivery, as 'sha256:<hex>': a token authorizes one event, "
+        "so a second event carrying it is rejected as token_replayed",
+    ),
     Column("loaded_at", "TIMESTAMP", "when the pipeline loaded the event"),
     Column(
         "raw_event",
@@ -164,6 +169,7 @@ LINE_KEYS: dict[str, str] = {
     "received_at": "received_at",
     "received_by": "received_by",
     "body_sha256": "body_sha256",
+    "token_sha256": "token_sha256",
 }
 # Every key a line's top level may have without keeping raw_event.
 TOP_LEVEL_KEYS = (*LINE_KEYS, "data")
