@@ -75,6 +75,8 @@ class ReceiverSettings:
     commit_timeout_seconds: float
     jwks_min_refresh_seconds: float
     max_line_bytes: int  # the longest landed line the warehouse loads: an event that would exceed it is refused
+    max_token_lifetime_seconds: float  # a token whose exp - iat is longer is refused
+    token_leeway_seconds: float  # how far ahead of the receiver's clock iat and nbf may be
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         commit_timeout_seconds=_float(env, "PULL_EVENTS_COMMIT_TIMEOUT_S", 10.0, minimum=0.1),
         jwks_min_refresh_seconds=_float(env, "PULL_EVENTS_JWKS_MIN_REFRESH_S", 10.0, minimum=0.0),
         max_line_bytes=max_line_bytes,
+        max_token_lifetime_seconds=_float(env, "PULL_EVENTS_MAX_TOKEN_LIFETIME_S", 3 * 3600.0, minimum=1.0),
+        token_leeway_seconds=_float(env, "PULL_EVENTS_TOKEN_LEEWAY_S", 60.0, minimum=0.0, maximum=3600.0),
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
