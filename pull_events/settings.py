@@ -77,6 +77,8 @@ class ReceiverSettings:
     max_line_bytes: int  # the longest landed line the warehouse loads: an event that would exceed it is refused
     max_token_lifetime_seconds: float  # a token whose exp - iat is longer is refused
     token_leeway_seconds: float  # how far ahead of the receiver's clock iat and nbf may be
+    header_timeout_seconds: float  # a request's head must be complete this long after its first byte
+    body_timeout_seconds: float  # a request's body must be complete this long after its head
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         max_line_bytes=max_line_bytes,
         max_token_lifetime_seconds=_float(env, "PULL_EVENTS_MAX_TOKEN_LIFETIME_S", 3 * 3600.0, minimum=1.0),
         token_leeway_seconds=_float(env, "PULL_EVENTS_TOKEN_LEEWAY_S", 60.0, minimum=0.0, maximum=3600.0),
+        header_timeout_seconds=_float(env, "PULL_EVENTS_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+        body_timeout_seconds=_float(env, "PULL_EVENTS_BODY_TIMEOUT_S", 15.0, minimum=0.1),
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),

@@ -25,10 +25,13 @@ from receiver.logs import gunicorn_logconfig
 _settings = load_settings()
 
 bind = [f"0.0.0.0:{_settings.receiver.port}"]
-worker_class = "gthread"
+# An asyncio front (receiver.front): a request reaches an app thread only once it is complete and its token
+# checked, so slow or idle clients hold a socket, never a thread. gthread would give each connection a thread.
+worker_class = "receiver.front.FrontWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = int(os.environ.get("PULL_EVENTS_THREADS", "64"))
-worker_connections = max(1000, threads * 4)
+# Open connections per worker; more are answered 503 and closed. Idle ones cost a socket and a coroutine.
+worker_connections = int(os.environ.get("PULL_EVENTS_MAX_CONNECTIONS", "4096"))
 graceful_timeout = int(_settings.receiver.commit_timeout_seconds) + 5
 timeout = max(30, graceful_timeout)
 keepalive = 5
@@ -52,8 +55,7 @@ accesslog = None
 # No runtime control socket: nothing uses it, and two receivers on one host would fight over its path.
 control_socket_disable = True
 logconfig_dict = gunicorn_logconfig()
-# Headers carry the CloudEvent attributes; Chainguard's are short, but leave room for long ids and types.
-limit_request_field_size = 16384
+# Request heads are parsed by the front (receiver.front.MAX_HEAD_BYTES), not by gunicorn.
 
 
 def post_worker_init(worker: Any) -> None:
