@@ -176,6 +176,9 @@ class Front:
             while True:
                 event = conn.next_event()
                 if isinstance(event, h11.Request):
+                    # h11 bounds only a head still incomplete; one that arrived whole is measured here.
+                    if _head_size(event) > MAX_HEAD_BYTES:
+                        raise h11.RemoteProtocolError("head too large", error_status_hint=431)
                     return event
                 if isinstance(event, h11.ConnectionClosed):
                     return None
@@ -397,6 +400,11 @@ async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes:
         return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
     except TimeoutError:
         raise ClientTimedOut from None
+
+
+def _head_size(request: h11.Request) -> int:
+    """The bytes of a request line and headers as sent, give or take whitespace."""
+    return len(request.method) + len(request.target) + 12 + sum(len(n) + len(v) + 4 for n, v in request.headers)
 
 
 def _has_bytes(conn: h11.Connection) -> bool:
