@@ -79,6 +79,7 @@ class ReceiverSettings:
     token_leeway_seconds: float  # how far ahead of the receiver's clock iat and nbf may be
     header_timeout_seconds: float  # a request's head must be complete this long after its first byte
     body_timeout_seconds: float  # a request's body must be complete this long after its head
+    min_free_bytes: int  # a local landing directory with less free space is not ready
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         token_leeway_seconds=_float(env, "PULL_EVENTS_TOKEN_LEEWAY_S", 60.0, minimum=0.0, maximum=3600.0),
         header_timeout_seconds=_float(env, "PULL_EVENTS_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
         body_timeout_seconds=_float(env, "PULL_EVENTS_BODY_TIMEOUT_S", 15.0, minimum=0.1),
+        min_free_bytes=_int(env, "PULL_EVENTS_MIN_FREE_BYTES", 100 * 1024 * 1024, minimum=0),
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),

@@ -22,6 +22,7 @@ from receiver.batcher import Batcher
 from receiver.intake import Intake
 from receiver.logs import configure_logging
 from receiver.metrics import ReceiverMetrics
+from receiver.readiness import Readiness
 from receiver.replay import TokenBindings
 from receiver.views import EXTENSION, ReceiverState, bp, receiver_state, register_error_handlers
 
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, store: LandingStore | None = No
         batcher=batcher,
         store=store,
         metrics=metrics,
+        readiness=Readiness(store, batcher, verifier, options.min_free_bytes),
         max_body_bytes=options.max_body_bytes,
     )
     app.register_blueprint(bp)

@@ -200,6 +200,13 @@ class ChainguardVerifier:
             raise TokenRejected(f"the issuer has no signing key {kid!r}")
         raise TokenRejected("token signature does not verify with any of the issuer's keys")
 
+    def check_keys(self) -> None:
+        """Return if a signing key is usable (cached, or fetched now), else raise ``IssuerUnavailable`` (503).
+
+        A cached key set stays usable while the issuer is unreachable: tokens signed with it still verify."""
+        if self._keys is None:
+            self._refresh(None)
+
     def _refresh(self, stale: _KeySet | None) -> _KeySet:
         """Fetch the key set, unless another thread just did or the last fetch is too recent.
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from pull_events.landing import LandingStore, LandingUnavailable
+from pull_events.landing import LandingStore
 from receiver.auth import body_digest
 from receiver.batcher import Batcher
 from receiver.errors import Rejection, error_response
@@ -17,6 +17,7 @@ from receiver.events import request_headers
 from receiver.intake import Intake
 from receiver.logs import get_logger
 from receiver.metrics import ReceiverMetrics
+from receiver.readiness import Readiness
 
 EXTENSION = "pull_events_receiver"
 # Set by the front (receiver.front) in the WSGI environ of a request it has already authenticated from its
@@ -37,6 +38,7 @@ class ReceiverState:
     batcher: Batcher
     store: LandingStore
     metrics: ReceiverMetrics
+    readiness: Readiness
     max_body_bytes: int
 
 
@@ -112,13 +114,10 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response | tuple[Response, int]:
-    state = receiver_state()
-    if state.batcher.closed:
-        return error_response(503, "shutting_down", "the receiver is shutting down", retry_after=1)
     try:
-        state.store.check_ready()
-    except LandingUnavailable as exc:
-        return error_response(503, "landing_unavailable", str(exc), retry_after=5)
+        receiver_state().readiness.check()
+    except Rejection as not_ready:
+        return not_ready.response()
     return jsonify(status="ready")
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 
 from pull_events.landing import LocalLandingStore
@@ -252,3 +255,72 @@ def test_oversize_headers_are_431_json(receiver: ThreadedReceiver) -> None:
 def test_malformed_requests_are_400_json(receiver: ThreadedReceiver) -> None:
     for garbage in (b"NOT HTTP AT ALL\r\n\r\n", b"POST / HTTP/1.1\r\nBad Header\r\n\r\n"):
         assert_json_error(exchange(receiver.port, garbage), 400, "bad_request")
+
+
+# --- readiness tells the truth ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 1 MiB tmpfs (needs root and mount; skipped elsewhere), so the disk really fills."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def fill(path: Path, leave_free: int) -> None:
+    """Write ``path`` until at most ``leave_free`` bytes are free on its file system."""
+    with path.open("wb") as file:
+        while (free := shutil.disk_usage(path.parent).free) > leave_free:
+            try:
+                file.write(b"\0" * min(65536, free - leave_free))
+                file.flush()
+            except OSError:
+                break
+
+
+def test_a_full_landing_disk_is_not_ready_and_refuses_then_recovers_on_its_own(
+    make_receiver: MakeReceiver, issuer: LocalIssuer, small_tmpfs: Path
+) -> None:
+    landing = small_tmpfs / "landing"
+    store = LocalLandingStore(landing)
+    receiver = make_receiver(store=store, landing=landing, PULL_EVENTS_MIN_FREE_BYTES=str(256 * 1024))
+    assert receiver.session.get(receiver.url + "/readyz").status_code == 200
+
+    filler = small_tmpfs / "filler"
+    fill(filler, leave_free=128 * 1024)  # under the threshold, writes still possible
+    assert_error(receiver.session.get(receiver.url + "/readyz"), 503, "landing_full")
+
+    fill(filler, leave_free=0)  # ENOSPC for real
+    assert_error(receiver.session.get(receiver.url + "/readyz"), 503, "landing_unavailable")
+    refused_id, headers, body = signed_pull_delivery(issuer)
+    assert_error(receiver.post(headers, body), 503, "landing_unavailable")
+
+    filler.unlink()
+    assert receiver.session.get(receiver.url + "/readyz").status_code == 200
+    assert receiver.post(headers, body).status_code == 202  # the sender's retry lands
+    assert landed_ids(store) == [refused_id]
+
+
+def test_a_receiver_that_never_got_a_signing_key_is_not_ready_until_the_issuer_answers(
+    make_receiver: MakeReceiver, local_store: LocalLandingStore
+) -> None:
+    with LocalIssuer() as unreachable:
+        unreachable.available = False
+        receiver = make_receiver(store=local_store, issuer=unreachable, PULL_EVENTS_JWKS_MIN_REFRESH_S="0")
+        assert_error(receiver.session.get(receiver.url + "/readyz"), 503, "issuer_unavailable")
+        unreachable.available = True
+        assert receiver.session.get(receiver.url + "/readyz").status_code == 200
+        # Once a key is cached, it stays usable while the issuer is away: still ready, deliveries still land.
+        unreachable.available = False
+        assert receiver.session.get(receiver.url + "/readyz").status_code == 200
+        _event_id, headers, body = signed_pull_delivery(unreachable)
+        assert receiver.post(headers, body).status_code == 202
