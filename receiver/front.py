@@ -40,8 +40,10 @@ from urllib.parse import unquote_to_bytes
 
 import h11
 from flask import Flask
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
+from pull_events.settings import is_loopback, load_settings
 from receiver.auth import VerifiedToken
 from receiver.errors import Rejection
 from receiver.logs import get_logger
@@ -368,9 +370,16 @@ class FrontWorker(base.Worker):
             self.loop.close()
 
     async def _serve(self) -> None:
-        from pull_events.settings import load_settings
-
         options = load_settings().receiver
+        exposed = _exposed_addresses(self.sockets) if options.auth == "off" else []
+        if exposed and not options.allow_public_auth_off:
+            # The settings check PULL_EVENTS_HOST; this catches a --bind given to gunicorn directly.
+            self.log.critical(
+                "PULL_EVENTS_AUTH=off on a non-loopback address %s: refusing to serve"
+                " (set PULL_EVENTS_ALLOW_PUBLIC_AUTH_OFF=true if that is really meant)",
+                ", ".join(exposed),
+            )
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)  # gunicorn stops instead of booting workers again
         limits = FrontLimits(
             header_timeout=options.header_timeout_seconds,
             body_timeout=options.body_timeout_seconds,
@@ -387,6 +396,16 @@ class FrontWorker(base.Worker):
                 break
             await asyncio.sleep(0.5)
         await front.drain(servers, float(self.cfg.graceful_timeout))
+
+
+def _exposed_addresses(listeners: Iterable[Any]) -> list[str]:
+    """The non-loopback TCP addresses among gunicorn's listeners (unix sockets are local)."""
+    exposed = []
+    for listener in listeners:
+        address = listener.sock.getsockname()
+        if listener.sock.family in (socket.AF_INET, socket.AF_INET6) and not is_loopback(address[0]):
+            exposed.append(f"{address[0]}:{address[1]}")
+    return exposed
 
 
 # --- helpers --------------------------------------------------------------------------------------------------

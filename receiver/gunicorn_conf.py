@@ -18,13 +18,14 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from pull_events.settings import load_settings
+from pull_events.settings import check_listen_address, load_settings
 from receiver.logs import gunicorn_logconfig
 
 # Loading the settings here makes a bad one stop gunicorn at once, with the variable named.
 _settings = load_settings()
+check_listen_address(_settings.receiver)
 
-bind = [f"0.0.0.0:{_settings.receiver.port}"]
+bind = [f"{_settings.receiver.host}:{_settings.receiver.port}"]
 # An asyncio front (receiver.front): a request reaches an app thread only once it is complete and its token
 # checked, so slow or idle clients hold a socket, never a thread. gthread would give each connection a thread.
 worker_class = "receiver.front.FrontWorker"

@@ -37,7 +37,7 @@ def receiver_env(
     landing: str | Path, issuer: LocalIssuer | None, group: str = DEFAULT_GROUP, **extra: str
 ) -> dict[str, str]:
     """The receiver's environment variables: landing zone, issuer and group (auth off without an issuer)."""
-    env = {"PULL_EVENTS_LANDING": str(landing)}
+    env = {"PULL_EVENTS_LANDING": str(landing), "PULL_EVENTS_HOST": "127.0.0.1"}
     if issuer is not None:
         env.update(CHAINGUARD_ISSUER=issuer.url, CHAINGUARD_GROUP=group, PULL_EVENTS_AUTH="chainguard")
     else:

@@ -324,3 +324,48 @@ def test_a_receiver_that_never_got_a_signing_key_is_not_ready_until_the_issuer_a
         assert receiver.session.get(receiver.url + "/readyz").status_code == 200
         _event_id, headers, body = signed_pull_delivery(unreachable)
         assert receiver.post(headers, body).status_code == 202
+
+
+# --- auth off only on loopback ------------------------------------------------------------------------------------
+
+
+def test_auth_off_on_a_public_address_stops_gunicorn_at_start_naming_the_variable(tmp_path: Path) -> None:
+    env = {**receiver_env(tmp_path / "landing", None), "PULL_EVENTS_HOST": "0.0.0.0"}
+    process = ReceiverProcess(env, tmp_path / "receiver.log").start(wait_ready=False)
+    try:
+        assert process.wait(timeout=30) != 0
+    finally:
+        process.stop()
+    assert "PULL_EVENTS_HOST" in process.logs()
+    assert "PULL_EVENTS_AUTH=off lets anyone land events" in process.logs()
+
+
+def test_auth_off_with_a_public_bind_given_to_gunicorn_directly_stops_it(tmp_path: Path) -> None:
+    process = ReceiverProcess(receiver_env(tmp_path / "landing", None), tmp_path / "receiver.log")
+    process.env["GUNICORN_CMD_ARGS"] = f"--bind 0.0.0.0:{process.port}"
+    process.start(wait_ready=False)
+    try:
+        assert process.wait(timeout=30) != 0
+    finally:
+        process.stop()
+    assert f"PULL_EVENTS_AUTH=off on a non-loopback address 0.0.0.0:{process.port}: refusing to serve" in (
+        process.logs()
+    )
+
+
+def test_auth_off_serves_on_loopback_and_on_a_public_address_only_when_explicitly_allowed(
+    tmp_path: Path,
+) -> None:
+    for extra in ({}, {"PULL_EVENTS_HOST": "0.0.0.0", "PULL_EVENTS_ALLOW_PUBLIC_AUTH_OFF": "true"}):
+        landing = tmp_path / f"landing-{len(extra)}"
+        process = ReceiverProcess({**receiver_env(landing, None), **extra}, tmp_path / "receiver.log").start()
+        try:
+            attributes, data = pull_event(id=new_id())
+            body = compact_json(data)
+            response = requests.post(
+                process.url + "/", headers=binary_delivery(attributes, body), data=body, timeout=30
+            )
+            assert response.status_code == 202
+        finally:
+            process.stop()
+        assert landed_ids(LocalLandingStore(landing)) == [attributes["id"]]
