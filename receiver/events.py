@@ -98,8 +98,20 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> ReceivedEvent:
             raise UnsupportedContent(
                 "unsupported_format", f"structured format {media_type!r} is not supported: use {STRUCTURED_MEDIA_TYPE}"
             )
+        _refuse_headers_beside_a_document(headers)
         return _parse_structured(body)
     return _parse_binary(headers, content_type, body)
+
+
+def _refuse_headers_beside_a_document(headers: Mapping[str, str]) -> None:
+    """A structured-mode event carries its attributes in the body: ``Ce-*`` headers beside it would be a second,
+    possibly different, set of attributes (and not covered by the token's digest)."""
+    competing = sorted(name for name in headers if name.startswith(_CE_PREFIX))
+    if competing:
+        raise BadEvent(
+            "ambiguous_request",
+            f"a structured-mode event carries its attributes in the body, not in headers: {', '.join(competing)}",
+        )
 
 
 def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) -> ReceivedEvent:
@@ -117,6 +129,12 @@ def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) ->
     sent = {name[len(_CE_PREFIX) :] for name in ce_headers}
     _require_attributes(sent)
     time_header = ce_headers.get("ce-time")
+    declared = ce_headers.get("ce-datacontenttype")
+    if declared is not None and content_type and declared.strip() != content_type:
+        raise BadEvent(
+            "ambiguous_request",
+            f"Ce-Datacontenttype {declared!r} conflicts with Content-Type {content_type!r}: send the data's type once",
+        )
     if content_type:
         ce_headers["content-type"] = content_type  # last, so it wins over a Ce-Datacontenttype header
     try:

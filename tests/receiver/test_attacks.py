@@ -28,6 +28,7 @@ from tests.receiver.deliveries import (
     landed_records,
     new_id,
     pull_event,
+    structured_delivery,
 )
 from tests.receiver.load import signed_pull_delivery
 from tests.receiver.oidc import LocalIssuer
@@ -369,3 +370,24 @@ def test_auth_off_serves_on_loopback_and_on_a_public_address_only_when_explicitl
         finally:
             process.stop()
         assert landed_ids(LocalLandingStore(landing)) == [attributes["id"]]
+
+
+def test_a_structured_event_with_ce_headers_beside_it_is_400_and_lands_nothing(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, landing_dir: Path
+) -> None:
+    attributes, data = pull_event(id=new_id())
+    headers, body = structured_delivery({**attributes, "data": data}, issuer)
+    response = receiver.post({**headers, "Ce-Id": new_id()}, body)
+    body_json = assert_error(response, 400, "ambiguous_request")
+    assert body_json["detail"] == "a structured-mode event carries its attributes in the body, not in headers: ce-id"
+    assert_nothing_landed(landing_dir)
+
+
+def test_a_binary_event_whose_ce_datacontenttype_conflicts_with_content_type_is_400(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, landing_dir: Path
+) -> None:
+    attributes, data = pull_event(id=new_id())
+    body = compact_json(data)
+    headers = {**binary_delivery(attributes, body, issuer), "Ce-Datacontenttype": "text/plain"}
+    assert_error(receiver.post(headers, body), 400, "ambiguous_request")
+    assert_nothing_landed(landing_dir)
