@@ -54,6 +54,9 @@ MAX_HEAD_BYTES = 64 * 1024
 # Bodies of requests other than POST / (none of them needs one).
 MAX_OTHER_BODY_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
+# How much of an unread body is discarded, and for how long, before a refused request's connection closes.
+LINGER_BYTES = 256 * 1024
+LINGER_SECONDS = 1.0
 # Threads that check tokens: a key-set fetch must not block the event loop, and checks must not wait
 # behind requests that hold a thread while their commit is pending.
 AUTH_THREADS = 4
@@ -163,6 +166,8 @@ class Front:
             finally:
                 self.busy_connections -= 1
             if not keep_open or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                if conn.their_state is h11.SEND_BODY:
+                    await _linger(reader, writer)
                 return
             conn.start_next_cycle()
 
@@ -419,6 +424,25 @@ async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes:
         return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
     except TimeoutError:
         raise ClientTimedOut from None
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After answering a request whose body was not read: stop sending, then discard a little of what the client
+    is still sending before closing. Closing at once with unread data makes the kernel reset the connection,
+    and a sender mid-body would see the reset instead of the answer; reading all of it would be what refusing
+    early saves. So at most ``LINGER_BYTES`` within ``LINGER_SECONDS``."""
+    try:
+        writer.write_eof()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LINGER_SECONDS
+        discarded = 0
+        while discarded < LINGER_BYTES:
+            data = await _read(reader, deadline - loop.time())
+            if not data:
+                return
+            discarded += len(data)
+    except (ClientTimedOut, ConnectionError, OSError):
+        return
 
 
 def _head_size(request: h11.Request) -> int:
