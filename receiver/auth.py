@@ -55,6 +55,10 @@ class IssuerUnavailable(Unavailable):
         super().__init__("issuer_unavailable", detail, retry_after=5)
 
 
+class FetchNeeded(Exception):
+    """Checking this token needs the issuer's keys fetched, which the caller did not allow."""
+
+
 @dataclass(frozen=True)
 class VerifiedToken:
     """A token whose signature and claims passed every check but the body digest."""
@@ -102,9 +106,12 @@ class ChainguardVerifier:
         check_digest(verified, digest_of_body)
         return verified.claims
 
-    def verify_token(self, authorization: str | None) -> VerifiedToken:
+    def verify_token(self, authorization: str | None, allow_fetch: bool = True) -> VerifiedToken:
         """Check everything the headers alone can tell: the token's signature and every claim but the
-        body digest. Raises ``MissingToken`` (401), ``TokenRejected`` (403) or ``Unavailable`` (503)."""
+        body digest. Raises ``MissingToken`` (401), ``TokenRejected`` (403) or ``Unavailable`` (503).
+
+        ``allow_fetch=False`` raises ``FetchNeeded`` instead of fetching the issuer's keys (an event loop
+        checks tokens itself and leaves only the rare fetch to a thread)."""
         token = bearer_token(authorization)
         # PyJWT parses and checks the whole token once, in decode (its parse is most of the cost of a
         # check). The key is chosen from a quick read of the header alone, so a valid token is parsed once.
@@ -112,7 +119,7 @@ class ChainguardVerifier:
         if header is None:
             header = _unverified_header(token)
         try:
-            claims = self._verified_claims(token, header)
+            claims = self._verified_claims(token, header, allow_fetch)
         except Rejection:
             # A malformed token is refused as malformed, whatever check failed first, as when the
             # header was read with PyJWT before anything else.
@@ -150,7 +157,7 @@ class ChainguardVerifier:
             )
         return expires_at
 
-    def _verified_claims(self, token: str, header: dict[str, Any]) -> dict[str, Any]:
+    def _verified_claims(self, token: str, header: dict[str, Any], allow_fetch: bool) -> dict[str, Any]:
         algorithm = header.get("alg")
         if algorithm != ALGORITHM:
             raise TokenRejected(f"token algorithm {algorithm!r} is not allowed: only {ALGORITHM}")
@@ -160,6 +167,8 @@ class ChainguardVerifier:
         keys = self._keys
         if keys is None:
             _unverified_header(token)  # before any fetch: a malformed token never makes the verifier fetch keys
+            if not allow_fetch:
+                raise FetchNeeded
             keys = self._refresh(None)
         for attempt in range(2):
             candidates = [key for key in keys.keys if kid is None or key.key_id == kid]
@@ -185,6 +194,8 @@ class ChainguardVerifier:
                     raise TokenRejected(_describe(exc)) from None
             if attempt == 0:
                 _unverified_header(token)  # as above
+                if not allow_fetch:
+                    raise FetchNeeded
                 refreshed = self._refresh(keys)
                 if refreshed is keys:
                     if kid is not None and not candidates:

@@ -44,7 +44,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers import base
 
 from pull_events.settings import is_loopback, load_settings
-from receiver.auth import VerifiedToken
+from receiver.auth import FetchNeeded, VerifiedToken
 from receiver.errors import Rejection
 from receiver.logs import get_logger
 from receiver.views import BODY_SHA256, VERIFIED_TOKEN, ReceiverState, receiver_state
@@ -55,10 +55,10 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_OTHER_BODY_BYTES = 64 * 1024
 READ_CHUNK = 64 * 1024
 # How much of an unread body is discarded, and for how long, before a refused request's connection closes.
-LINGER_BYTES = 256 * 1024
-LINGER_SECONDS = 1.0
-# Threads that check tokens: a key-set fetch must not block the event loop, and checks must not wait
-# behind requests that hold a thread while their commit is pending.
+LINGER_BYTES = 64 * 1024
+LINGER_SECONDS = 0.5
+# Threads for token checks that need the issuer's keys fetched: a fetch must not block the event loop, and
+# must not wait behind requests that hold a thread while their commit is pending.
 AUTH_THREADS = 4
 log = get_logger("front")
 
@@ -118,7 +118,9 @@ class Front:
         self.app_threads.shutdown(wait=False)
         self.auth_threads.shutdown(wait=False)
 
-    def serve(self, sock: socket.socket, stop: Callable[[], bool], poll: float = 0.02, drain_timeout: float = 30.0):
+    def serve(
+        self, sock: socket.socket, stop: Callable[[], bool], poll: float = 0.02, drain_timeout: float = 30.0
+    ) -> None:
         """Serve on ``sock`` in this thread (with its own event loop) until ``stop()`` is true."""
 
         async def main() -> None:
@@ -230,9 +232,7 @@ class Front:
             if is_intake:
                 limit = self.state.max_body_bytes
                 _check_declared_length(headers, limit)
-                token = await asyncio.get_running_loop().run_in_executor(
-                    self.auth_threads, self.state.intake.authenticate, headers
-                )
+                token = await self._authenticate(headers)
             if conn.they_are_waiting_for_100_continue:
                 await _send(writer, conn, h11.InformationalResponse(status_code=100, headers=[]))
             body, digest = await self._read_body(conn, reader, limit, is_intake)
@@ -257,6 +257,16 @@ class Front:
         )
         await self._respond(writer, conn, status, response_headers, response_body, close=self.closing)
         return True
+
+    async def _authenticate(self, headers: dict[str, str]) -> VerifiedToken | None:
+        """The token checked on the loop itself (one RSA verification, no I/O), unless the issuer's keys must be
+        fetched: that blocking fetch runs in a thread."""
+        try:
+            return self.state.intake.authenticate(headers, allow_fetch=False)
+        except FetchNeeded:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.auth_threads, self.state.intake.authenticate, headers
+            )
 
     async def _read_body(
         self, conn: h11.Connection, reader: asyncio.StreamReader, limit: int, hashed: bool
@@ -421,7 +431,8 @@ async def _read(reader: asyncio.StreamReader, timeout: float) -> bytes:
     if timeout <= 0:
         raise ClientTimedOut
     try:
-        return await asyncio.wait_for(reader.read(READ_CHUNK), timeout)
+        async with asyncio.timeout(timeout):  # unlike wait_for, no task per read
+            return await reader.read(READ_CHUNK)
     except TimeoutError:
         raise ClientTimedOut from None
 

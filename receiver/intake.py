@@ -30,12 +30,13 @@ class Intake:
     instance: str
     bindings: TokenBindings
 
-    def authenticate(self, headers: Mapping[str, str]) -> VerifiedToken | None:
+    def authenticate(self, headers: Mapping[str, str], allow_fetch: bool = True) -> VerifiedToken | None:
         """The checks the headers alone allow (``None`` when auth is off); raises ``MissingToken`` (401),
-        ``TokenRejected`` (403) or ``Unavailable`` (503)."""
+        ``TokenRejected`` (403) or ``Unavailable`` (503), and with ``allow_fetch=False`` ``auth.FetchNeeded``
+        rather than fetch the issuer's keys."""
         if self.verifier is None:
             return None
-        return self.verifier.verify_token(headers.get("authorization"))
+        return self.verifier.verify_token(headers.get("authorization"), allow_fetch)
 
     def receive(
         self, headers: Mapping[str, str], body: bytes, token: VerifiedToken | None, body_sha256: str
