@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks.cpu import QuietGate, group_cpu_seconds
+from benchmarks.cpu import MachineCpu, QuietGate, group_cpu_seconds, process_cpu_seconds
 from benchmarks.landing_check import check_landing
 from benchmarks.loadgen import Trial, closed_loop, open_loop
 from benchmarks.servers import GunicornServer
@@ -55,6 +55,8 @@ class Results:
     latency: dict[str, list[tuple[float, float]]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
     not_acked: Counter[str] = field(default_factory=Counter)
     server_cores: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
+    attacker_cores: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
+    other_cores: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in SCENARIOS})
     attackers: dict[str, list[dict[str, int]]] = field(default_factory=lambda: {"slow": [], "flood": []})
     throughput: dict[str, list[float]] = field(default_factory=lambda: {"receiver": [], "bare": []})
 
@@ -89,12 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for scenario in SCENARIOS:
                     gate.wait()
                     batch = [next(pool) for _ in range(args.rate * args.seconds)]
-                    with attack(scenario, receiver.port, args, signed_for_slow, work, results):
+                    with attack(scenario, receiver.port, args, signed_for_slow, work, results) as attacker:
                         assert receiver.process is not None
                         before = group_cpu_seconds(receiver.process.pid)
-                        trial = open_loop(receiver.port, batch, args.rate, OPEN_CONNECTIONS)
+                        attacker_before = process_cpu_seconds(attacker) if attacker else 0.0
+                        with MachineCpu() as machine:
+                            trial = open_loop(receiver.port, batch, args.rate, OPEN_CONNECTIONS)
                         used = group_cpu_seconds(receiver.process.pid) - before
-                    results.server_cores[scenario].append(used / trial.seconds)
+                        attacker_used = process_cpu_seconds(attacker) - attacker_before if attacker else 0.0
+                    server, attacker_cores = used / trial.seconds, attacker_used / trial.seconds
+                    results.server_cores[scenario].append(server)
+                    results.attacker_cores[scenario].append(attacker_cores)
+                    results.other_cores[scenario].append(
+                        max(0.0, machine.cores - server - attacker_cores - trial.generator_cores)
+                    )
                     account(trial, batch, sent, acked)
                     results.latency[scenario].append((trial.latency(0.5), trial.latency(0.99)))
                     results.not_acked[scenario] += trial.not_acked
@@ -131,6 +141,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--slow", type=int, default=500, help="slow connections")
     parser.add_argument("--flood", type=int, default=4, help="senders of unauthenticated 1 MiB bodies")
     parser.add_argument("--quiet-budget", type=float, default=45.0)
+    parser.add_argument(
+        "--attacker-nice", type=int, default=0, help="run the attackers at this nice level (they share the cores)"
+    )
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
@@ -142,10 +155,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 @contextmanager
 def attack(
     scenario: str, port: int, args: argparse.Namespace, signed: list[Delivery], work: Path, results: Results
-) -> Iterator[None]:
-    """Run the scenario's attacker (none for ``quiet``) around the block, and record its counts."""
+) -> Iterator[int | None]:
+    """Run the scenario's attacker (none for ``quiet``) around the block, yield its pid, record its counts."""
     if scenario == "quiet":
-        yield
+        yield None
         return
     command = [sys.executable, "-m", "benchmarks.attackers", scenario, "--port", str(port)]
     if scenario == "slow":
@@ -154,10 +167,12 @@ def attack(
         command += ["--connections", str(args.slow), "--requests", str(requests_file)]
     else:
         command += ["--connections", str(args.flood)]
+    if args.attacker_nice:
+        command = ["nice", "-n", str(args.attacker_nice), *command]
     attacker = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(3.0 if scenario == "slow" else 1.0)  # every slow connection open / the flood in full swing
-        yield
+        yield attacker.pid
     finally:
         attacker.send_signal(signal.SIGTERM)
         out, _ = attacker.communicate(timeout=60)
@@ -184,7 +199,9 @@ def report(results: Results, args: argparse.Namespace, started: str, landing: st
         ratio = f"{statistics.median(p50s) / quiet_p50:.2f} / {statistics.median(p99s) / quiet_p99:.2f}"
         rows.append(
             f"| {scenario} | {ms(p50s)} / {ms(p99s)} | {ratio} | {results.not_acked[scenario]} |"
-            f" {statistics.median(results.server_cores[scenario]):.2f} | {attacker_summary(results, scenario)} |"
+            f" {statistics.median(results.server_cores[scenario]):.2f}"
+            f" / {statistics.median(results.attacker_cores[scenario]):.2f}"
+            f" / {statistics.median(results.other_cores[scenario]):.2f} | {attacker_summary(results, scenario)} |"
         )
     receiver_max = statistics.median(results.throughput["receiver"])
     bare_max = statistics.median(results.throughput["bare"])
@@ -197,9 +214,10 @@ def report(results: Results, args: argparse.Namespace, started: str, landing: st
             f"Real deliveries: open loop at {args.rate}/s for {args.seconds} s per scenario over {OPEN_CONNECTIONS}"
             f" keep-alive connections; medians of {args.trials} trial(s). *slow*: {args.slow} connections trickling"
             f" a head or an authenticated body at 1 byte/s; *flood*: {args.flood} senders of unauthenticated 1 MiB"
-            " bodies, as fast as they can.",
+            f" bodies, as fast as they can. Attackers at nice {args.attacker_nice}, on the same 2 cores.",
             "",
-            "| scenario | p50 / p99 ms | x quiet (p50 / p99) | not acked | receiver cores | attacker |",
+            "| scenario | p50 / p99 ms | x quiet (p50 / p99) | not acked | cores: receiver / attacker / other"
+            " | attacker |",
             "|---|---:|---:|---:|---:|---|",
             *rows,
             "",
