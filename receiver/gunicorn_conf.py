@@ -5,8 +5,11 @@ process makes the fewest, largest objects. Threads mostly wait on commits, so th
 Override with ``WEB_CONCURRENCY`` (processes) and ``PULL_EVENTS_THREADS``, or any gunicorn flag through
 ``GUNICORN_CMD_ARGS``.
 
-SIGTERM: gunicorn stops accepting connections and lets in-flight requests finish (each waits at most
-the commit timeout, so ``graceful_timeout`` is longer than that); then ``worker_exit`` drains the
+The worker is the receiver's asyncio front (``receiver.front.FrontWorker``): it hands a request to one of the
+``threads`` only once it is complete and its token checked, with header and body read deadlines.
+
+SIGTERM: the front stops accepting connections, closes idle ones and lets in-flight requests finish (each
+waits at most the commit timeout, so ``graceful_timeout`` is longer than that); then ``worker_exit`` drains the
 batcher, committing whatever is still queued, and the process exits 0.
 """
 
