@@ -1,6 +1,6 @@
 """The receiver under attack: what slow clients and unauthenticated floods cost real deliveries, same run.
 
-    uv run python -m benchmarks.attack_bench            # full run, about 3 minutes
+    uv run python -m benchmarks.attack_bench            # full run, about 5 minutes
     uv run python -m benchmarks.attack_bench --quick    # smoke run
 
 One receiver (``receiver.gunicorn_conf``, auth on, local landing) and the bare Flask endpoint (gunicorn gthread)
