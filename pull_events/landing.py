@@ -339,10 +339,20 @@ class LocalLandingStore(LandingStore):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / f".ready-{uuid.uuid4().hex[:8]}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            try:
+                # Real bytes, synced: an empty file needs no data block, so it is created on a full disk too.
+                with probe.open("wb") as file:
+                    file.write(b"\0" * _PROBE_BYTES)
+                    file.flush()
+                    os.fsync(file.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
         except OSError as exc:
             raise LandingUnavailable(f"{self.root} is not writable: {exc.strerror or exc}") from exc
+
+
+# One page: what the readiness probe writes to prove the disk can take data.
+_PROBE_BYTES = 4096
 
 
 class GcsLandingStore(LandingStore):

@@ -6,6 +6,7 @@ the variable, so a process stops at start rather than failing on its first event
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -66,6 +67,7 @@ class ReceiverSettings:
     auth: Literal["chainguard", "off"]
     issuer: str
     group: str | None
+    host: str  # the address the receiver listens on
     port: int
     max_body_bytes: int
     batch_max_events: int
@@ -75,6 +77,12 @@ class ReceiverSettings:
     commit_timeout_seconds: float
     jwks_min_refresh_seconds: float
     max_line_bytes: int  # the longest landed line the warehouse loads: an event that would exceed it is refused
+    allow_public_auth_off: bool  # PULL_EVENTS_AUTH=off on a non-loopback address was asked for explicitly
+    max_token_lifetime_seconds: float  # a token whose exp - iat is longer is refused
+    token_leeway_seconds: float  # how far ahead of the receiver's clock iat and nbf may be
+    header_timeout_seconds: float  # a request's head must be complete this long after its first byte
+    body_timeout_seconds: float  # a request's body must be complete this long after its head
+    min_free_bytes: int  # a local landing directory with less free space is not ready
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
             "CHAINGUARD_GROUP",
             "required while PULL_EVENTS_AUTH=chainguard: the org or folder id tokens must name (sub = webhook:<group>)",
         )
+    host = env.get("PULL_EVENTS_HOST", "").strip() or "0.0.0.0"
+    allow_public = _flag(env, "PULL_EVENTS_ALLOW_PUBLIC_AUTH_OFF")
     issuer = env.get("CHAINGUARD_ISSUER", DEFAULT_ISSUER).strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", issuer):
         raise SettingsError("CHAINGUARD_ISSUER", f"{issuer!r} is not an http(s) URL")
@@ -161,7 +171,9 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         auth=auth,  # type: ignore[arg-type]
         issuer=issuer,
         group=group,
+        host=host,
         port=_int(env, "PORT", 8080, minimum=1, maximum=65535),
+        allow_public_auth_off=allow_public,
         max_body_bytes=max_body,
         batch_max_events=_int(env, "PULL_EVENTS_BATCH_MAX_EVENTS", 1000, minimum=1),
         batch_max_bytes=batch_max_bytes,
@@ -170,6 +182,11 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         commit_timeout_seconds=_float(env, "PULL_EVENTS_COMMIT_TIMEOUT_S", 10.0, minimum=0.1),
         jwks_min_refresh_seconds=_float(env, "PULL_EVENTS_JWKS_MIN_REFRESH_S", 10.0, minimum=0.0),
         max_line_bytes=max_line_bytes,
+        max_token_lifetime_seconds=_float(env, "PULL_EVENTS_MAX_TOKEN_LIFETIME_S", 3 * 3600.0, minimum=1.0),
+        token_leeway_seconds=_float(env, "PULL_EVENTS_TOKEN_LEEWAY_S", 60.0, minimum=0.0, maximum=3600.0),
+        header_timeout_seconds=_float(env, "PULL_EVENTS_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
+        body_timeout_seconds=_float(env, "PULL_EVENTS_BODY_TIMEOUT_S", 15.0, minimum=0.1),
+        min_free_bytes=_int(env, "PULL_EVENTS_MIN_FREE_BYTES", 100 * 1024 * 1024, minimum=0),
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
@@ -187,6 +204,36 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         receiver=receiver,
         pipeline=pipeline,
     )
+
+
+def check_listen_address(receiver: ReceiverSettings) -> None:
+    """Refuse (``SettingsError``) to serve without authentication on an address others can reach, unless
+    ``PULL_EVENTS_ALLOW_PUBLIC_AUTH_OFF`` says so. Called where the receiver binds (gunicorn's config)."""
+    if receiver.auth == "off" and not is_loopback(receiver.host) and not receiver.allow_public_auth_off:
+        raise SettingsError(
+            "PULL_EVENTS_HOST",
+            f"PULL_EVENTS_AUTH=off lets anyone land events: listen on a loopback address (127.0.0.1), not"
+            f" {receiver.host!r}, or set PULL_EVENTS_ALLOW_PUBLIC_AUTH_OFF=true if that is really meant",
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``localhost``) is reachable from this machine only."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to anything
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(name, f"must be true or false, not {raw!r}")
 
 
 def _project_path(value: str) -> Path:

@@ -22,6 +22,8 @@ from receiver.batcher import Batcher
 from receiver.intake import Intake
 from receiver.logs import configure_logging
 from receiver.metrics import ReceiverMetrics
+from receiver.readiness import Readiness
+from receiver.replay import TokenBindings
 from receiver.views import EXTENSION, ReceiverState, bp, receiver_state, register_error_handlers
 
 # A batch waits for at most this many batches' worth of bytes to be queued behind it.
@@ -61,7 +63,13 @@ def create_app(settings: Settings | None = None, store: LandingStore | None = No
     verifier = None
     if options.auth == "chainguard":
         assert options.group is not None  # load_settings requires it while auth is on
-        verifier = ChainguardVerifier(options.issuer, options.group, options.jwks_min_refresh_seconds)
+        verifier = ChainguardVerifier(
+            options.issuer,
+            options.group,
+            options.jwks_min_refresh_seconds,
+            max_lifetime_seconds=options.max_token_lifetime_seconds,
+            leeway_seconds=options.token_leeway_seconds,
+        )
     else:
         log.warning(
             "AUTHENTICATION IS OFF (PULL_EVENTS_AUTH=off): ANY CALLER CAN LAND EVENTS. FOR A LOCAL DEMO ONLY.",
@@ -73,10 +81,11 @@ def create_app(settings: Settings | None = None, store: LandingStore | None = No
     # up to limit + 1 bytes and refuses a body that got that far (see views.read_body).
     app.config["MAX_CONTENT_LENGTH"] = options.max_body_bytes + 1
     app.extensions[EXTENSION] = ReceiverState(
-        intake=Intake(batcher=batcher, verifier=verifier, instance=instance),
+        intake=Intake(batcher=batcher, verifier=verifier, instance=instance, bindings=TokenBindings()),
         batcher=batcher,
         store=store,
         metrics=metrics,
+        readiness=Readiness(store, batcher, verifier, options.min_free_bytes),
         max_body_bytes=options.max_body_bytes,
     )
     app.register_blueprint(bp)

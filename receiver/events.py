@@ -11,8 +11,8 @@ what a faithful record needs and the SDK does not give:
   data and in a structured-mode document alike, so an acknowledged event is always a loadable line.
 
 A record is one line of JSON: every attribute and extension as a top-level key, ``data`` (the event
-data as JSON), then ``received_at``, ``received_by`` and ``body_sha256``. The committer later prefixes
-``landing_object`` and ``landing_line`` (see ``pull_events.landing``).
+data as JSON), then ``received_at``, ``received_by``, ``body_sha256`` and (auth on) ``token_sha256``. The
+committer later prefixes ``landing_object`` and ``landing_line`` (see ``pull_events.landing``).
 """
 
 from __future__ import annotations
@@ -98,8 +98,20 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> ReceivedEvent:
             raise UnsupportedContent(
                 "unsupported_format", f"structured format {media_type!r} is not supported: use {STRUCTURED_MEDIA_TYPE}"
             )
+        _refuse_headers_beside_a_document(headers)
         return _parse_structured(body)
     return _parse_binary(headers, content_type, body)
+
+
+def _refuse_headers_beside_a_document(headers: Mapping[str, str]) -> None:
+    """A structured-mode event carries its attributes in the body: ``Ce-*`` headers beside it would be a second,
+    possibly different, set of attributes (and not covered by the token's digest)."""
+    competing = sorted(name for name in headers if name.startswith(_CE_PREFIX))
+    if competing:
+        raise BadEvent(
+            "ambiguous_request",
+            f"a structured-mode event carries its attributes in the body, not in headers: {', '.join(competing)}",
+        )
 
 
 def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) -> ReceivedEvent:
@@ -117,6 +129,12 @@ def _parse_binary(headers: Mapping[str, str], content_type: str, body: bytes) ->
     sent = {name[len(_CE_PREFIX) :] for name in ce_headers}
     _require_attributes(sent)
     time_header = ce_headers.get("ce-time")
+    declared = ce_headers.get("ce-datacontenttype")
+    if declared is not None and content_type and declared.strip() != content_type:
+        raise BadEvent(
+            "ambiguous_request",
+            f"Ce-Datacontenttype {declared!r} conflicts with Content-Type {content_type!r}: send the data's type once",
+        )
     if content_type:
         ce_headers["content-type"] = content_type  # last, so it wins over a Ce-Datacontenttype header
     try:
@@ -148,16 +166,20 @@ def _parse_structured(body: bytes) -> ReceivedEvent:
     return ReceivedEvent(attributes=attributes, data=data, mode="structured")
 
 
-def encode_record(event: ReceivedEvent, received_at: datetime, received_by: str, body_sha256: str) -> bytes:
-    """One landing record (a JSON object on one line, without the newline) for ``event``."""
+def encode_record(
+    event: ReceivedEvent, received_at: datetime, received_by: str, body_sha256: str, token_sha256: str | None = None
+) -> bytes:
+    """One landing record (a JSON object on one line, without the newline) for ``event``; ``token_sha256``
+    (the hash of the delivery token, none when auth is off) lets the load find a token used twice."""
     parts = [_dumps(event.attributes)[:-1]]
     if event.data is not None:
         parts += [b',"data":', event.data]
     stamp = received_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     parts.append(
-        b',"received_at":"%s","received_by":%s,"body_sha256":%s}'
+        b',"received_at":"%s","received_by":%s,"body_sha256":%s'
         % (stamp.encode(), _dumps(received_by), _dumps(body_sha256))
     )
+    parts.append(b',"token_sha256":%s}' % _dumps(token_sha256) if token_sha256 is not None else b"}")
     record = b"".join(parts)
     if not record.isascii():  # the line breaks below are all non-ASCII
         for raw, escaped in _LINE_BREAKS:

@@ -5,8 +5,11 @@ process makes the fewest, largest objects. Threads mostly wait on commits, so th
 Override with ``WEB_CONCURRENCY`` (processes) and ``PULL_EVENTS_THREADS``, or any gunicorn flag through
 ``GUNICORN_CMD_ARGS``.
 
-SIGTERM: gunicorn stops accepting connections and lets in-flight requests finish (each waits at most
-the commit timeout, so ``graceful_timeout`` is longer than that); then ``worker_exit`` drains the
+The worker is the receiver's asyncio front (``receiver.front.FrontWorker``): it hands a request to one of the
+``threads`` only once it is complete and its token checked, with header and body read deadlines.
+
+SIGTERM: the front stops accepting connections, closes idle ones and lets in-flight requests finish (each
+waits at most the commit timeout, so ``graceful_timeout`` is longer than that); then ``worker_exit`` drains the
 batcher, committing whatever is still queued, and the process exits 0.
 """
 
@@ -18,17 +21,21 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from pull_events.settings import load_settings
+from pull_events.settings import check_listen_address, load_settings
 from receiver.logs import gunicorn_logconfig
 
 # Loading the settings here makes a bad one stop gunicorn at once, with the variable named.
 _settings = load_settings()
+check_listen_address(_settings.receiver)
 
-bind = [f"0.0.0.0:{_settings.receiver.port}"]
-worker_class = "gthread"
+bind = [f"{_settings.receiver.host}:{_settings.receiver.port}"]
+# An asyncio front (receiver.front): a request reaches an app thread only once it is complete and its token
+# checked, so slow or idle clients hold a socket, never a thread. gthread would give each connection a thread.
+worker_class = "receiver.front.FrontWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = int(os.environ.get("PULL_EVENTS_THREADS", "64"))
-worker_connections = max(1000, threads * 4)
+# Open connections per worker; more are answered 503 and closed. Idle ones cost a socket and a coroutine.
+worker_connections = int(os.environ.get("PULL_EVENTS_MAX_CONNECTIONS", "4096"))
 graceful_timeout = int(_settings.receiver.commit_timeout_seconds) + 5
 timeout = max(30, graceful_timeout)
 keepalive = 5
@@ -52,8 +59,7 @@ accesslog = None
 # No runtime control socket: nothing uses it, and two receivers on one host would fight over its path.
 control_socket_disable = True
 logconfig_dict = gunicorn_logconfig()
-# Headers carry the CloudEvent attributes; Chainguard's are short, but leave room for long ids and types.
-limit_request_field_size = 16384
+# Request heads are parsed by the front (receiver.front.MAX_HEAD_BYTES), not by gunicorn.
 
 
 def post_worker_init(worker: Any) -> None:

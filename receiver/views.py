@@ -9,15 +9,21 @@ from dataclasses import dataclass
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from pull_events.landing import LandingStore, LandingUnavailable
+from pull_events.landing import LandingStore
+from receiver.auth import body_digest
 from receiver.batcher import Batcher
 from receiver.errors import Rejection, error_response
 from receiver.events import request_headers
 from receiver.intake import Intake
 from receiver.logs import get_logger
 from receiver.metrics import ReceiverMetrics
+from receiver.readiness import Readiness
 
 EXTENSION = "pull_events_receiver"
+# Set by the front (receiver.front) in the WSGI environ of a request it has already authenticated from its
+# headers and whose body it hashed while reading it; a client cannot set environ keys without an HTTP_ prefix.
+VERIFIED_TOKEN = "pull_events.verified_token"
+BODY_SHA256 = "pull_events.body_sha256"
 bp = Blueprint("receiver", __name__)
 # The acknowledgement as jsonify writes it (sorted keys, compact, ASCII), without its per-call set-up.
 _ACK_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
@@ -32,6 +38,7 @@ class ReceiverState:
     batcher: Batcher
     store: LandingStore
     metrics: ReceiverMetrics
+    readiness: Readiness
     max_body_bytes: int
 
 
@@ -45,8 +52,12 @@ def receive() -> Response:
     state = receiver_state()
     started = time.perf_counter()
     try:
+        headers = request_headers(request.environ)
+        check_declared_length(state.max_body_bytes)
+        token = request.environ.get(VERIFIED_TOKEN) or state.intake.authenticate(headers)
         body = read_body(state.max_body_bytes)
-        event, landed = state.intake.receive(request_headers(request.environ), body)
+        digest = request.environ.get(BODY_SHA256) or body_digest(body)
+        event, landed = state.intake.receive(headers, body, token, digest)
     except Rejection as rejection:
         state.metrics.count_rejected(rejection.error, rejection.status)
         log.warning(
@@ -75,6 +86,16 @@ def receive() -> Response:
     return Response(_ACK_JSON.encode(acknowledgement) + "\n", status=202, mimetype="application/json")
 
 
+def check_declared_length(limit: int) -> None:
+    """A 413 ``Rejection`` if the request declares a body over ``limit`` bytes: refused before anything else."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+
+
+def _too_large(limit: int) -> Rejection:
+    return Rejection("body_too_large", f"the request body is over the limit of {limit} bytes", status=413)
+
+
 def read_body(limit: int) -> bytes:
     """The request body, or a 413 ``Rejection`` if it is over ``limit`` bytes (with or without Content-Length)."""
     try:
@@ -82,7 +103,7 @@ def read_body(limit: int) -> bytes:
     except RequestEntityTooLarge:
         body = None
     if body is None or len(body) > limit:
-        raise Rejection("body_too_large", f"the request body is over the limit of {limit} bytes", status=413)
+        raise _too_large(limit)
     return body
 
 
@@ -93,13 +114,10 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response | tuple[Response, int]:
-    state = receiver_state()
-    if state.batcher.closed:
-        return error_response(503, "shutting_down", "the receiver is shutting down", retry_after=1)
     try:
-        state.store.check_ready()
-    except LandingUnavailable as exc:
-        return error_response(503, "landing_unavailable", str(exc), retry_after=5)
+        receiver_state().readiness.check()
+    except Rejection as not_ready:
+        return not_ready.response()
     return jsonify(status="ready")
 
 

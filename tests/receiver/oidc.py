@@ -14,6 +14,7 @@ import hmac
 import json
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -125,6 +126,9 @@ class LocalIssuer:
             "sub": f"webhook:{group}",
             "aud": ["customer"],
             "webhook": {"digest": body_digest(body)},
+            # Each delivery attempt gets its own token, even for equal bodies in the same second: the receiver
+            # binds a token to the first event it authorized.
+            "jti": uuid.uuid4().hex,
         }
         for name, value in overrides.items():
             if value is OMIT:

@@ -1,6 +1,6 @@
 """The receiver served over real HTTP for tests and benchmarks.
 
-- ``ThreadedReceiver``: the app on a werkzeug HTTP server in a thread of the test process (fast; lets a
+- ``ThreadedReceiver``: the app behind the production front in a thread of the test process (fast; lets a
   test hand the app its own store).
 - ``ReceiverProcess``: the receiver under gunicorn, as production runs it, in its own process group
   (for SIGTERM, SIGKILL and start-up tests).
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,22 +20,24 @@ from pathlib import Path
 
 import requests
 from flask import Flask
-from werkzeug.serving import BaseWSGIServer, make_server
 
 from pull_events.landing import LandingStore
 from pull_events.settings import Settings, load_settings
 from receiver import create_app, shutdown
+from receiver.front import Front, FrontLimits
 from tests.receiver.oidc import DEFAULT_GROUP, LocalIssuer
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+# More than any test keeps in flight at once (up to 500 deliveries waiting for their commit together).
+APP_THREADS = 512
 
 
 def receiver_env(
     landing: str | Path, issuer: LocalIssuer | None, group: str = DEFAULT_GROUP, **extra: str
 ) -> dict[str, str]:
     """The receiver's environment variables: landing zone, issuer and group (auth off without an issuer)."""
-    env = {"PULL_EVENTS_LANDING": str(landing)}
+    env = {"PULL_EVENTS_LANDING": str(landing), "PULL_EVENTS_HOST": "127.0.0.1"}
     if issuer is not None:
         env.update(CHAINGUARD_ISSUER=issuer.url, CHAINGUARD_GROUP=group, PULL_EVENTS_AUTH="chainguard")
     else:
@@ -51,27 +54,43 @@ def receiver_settings(
 
 
 class ThreadedReceiver:
-    """``create_app(settings, store)`` on a real, threaded werkzeug HTTP server on loopback."""
+    """``create_app(settings, store)`` behind the production front (``receiver.front.Front``, real HTTP on
+    loopback), its event loop in a thread of the test process."""
 
     def __init__(self, settings: Settings, store: LandingStore | None = None) -> None:
         self.app: Flask = create_app(settings, store)
-        self._server: BaseWSGIServer = make_server("127.0.0.1", 0, self.app, threaded=True)
+        options = settings.receiver
+        self.front = Front(
+            self.app,
+            FrontLimits(
+                header_timeout=options.header_timeout_seconds,
+                body_timeout=options.body_timeout_seconds,
+                threads=APP_THREADS,
+            ),
+        )
+        self._socket = socket.create_server(("127.0.0.1", 0), backlog=2048)
+        self._stopping = False
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="receiver-http", daemon=True
+            target=self.front.serve, args=(self._socket, lambda: self._stopping), name="receiver-http", daemon=True
         )
         self.session = requests.Session()
 
     @property
+    def port(self) -> int:
+        return self._socket.getsockname()[1]
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ThreadedReceiver:
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._stopping = True
+        self._thread.join(30)
+        self._socket.close()
         shutdown(self.app, timeout=10)
         self.session.close()
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,7 +62,7 @@ def _claims_case(issuer: LocalIssuer, body: bytes, case: str) -> str:
     if case == "no_exp":
         return issuer.token(body, exp=OMIT)
     if case == "not_yet_valid":
-        return issuer.token(body, nbf=now + 60)
+        return issuer.token(body, nbf=now + 120)  # beyond the 60 s leeway
     if case == "wrong_issuer":
         return issuer.token(body, iss="https://issuer.enforce.dev")
     if case == "issuer_with_trailing_slash":
@@ -267,3 +268,85 @@ def test_unreachable_issuer_is_503_and_recovers(
 
 def pull_event_id(headers: dict[str, str]) -> str:
     return headers["Ce-Id"]
+
+
+# --- token lifetime -----------------------------------------------------------------------------------------------
+
+
+# Claims relative to the time the token is minted (not to when the test was collected).
+_LIFETIME_CASES: dict[str, Callable[[int], dict[str, Any]]] = {
+    "lives_100_years": lambda now: {"iat": now, "exp": now + 100 * 365 * 86400},
+    "lives_1e300_seconds": lambda now: {"iat": now, "exp": 1e300},
+    "lives_one_second_over_the_maximum": lambda now: {"iat": now, "exp": now + 3 * 3600 + 1},
+    "issued_beyond_the_leeway_in_the_future": lambda now: {"iat": now + 120, "exp": now + 420},
+    "no_iat": lambda now: {"iat": OMIT},
+    "iat_not_a_number": lambda now: {"iat": "now"},
+}
+
+
+@pytest.mark.parametrize("case", sorted(_LIFETIME_CASES))
+def test_token_with_an_unbounded_or_insane_lifetime_is_403(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, landing_dir: Path, case: str
+) -> None:
+    headers, body = delivery()
+    headers["Authorization"] = f"Bearer {issuer.token(body, **_LIFETIME_CASES[case](int(time.time())))}"
+    assert_error(receiver.post(headers, body), 403, "invalid_token")
+    assert_nothing_landed(landing_dir)
+
+
+def test_token_lifetime_at_the_maximum_and_clocks_within_the_leeway_are_accepted(
+    receiver: ThreadedReceiver, issuer: LocalIssuer
+) -> None:
+    now = int(time.time())
+    for overrides in ({"iat": now, "exp": now + 3 * 3600}, {"iat": now + 30, "nbf": now + 30, "exp": now + 330}):
+        headers, body = delivery()
+        headers["Authorization"] = f"Bearer {issuer.token(body, **overrides)}"
+        response = receiver.post(headers, body)
+        assert response.status_code == 202, response.text
+
+
+def test_maximum_token_lifetime_is_configurable(make_receiver: MakeReceiver, issuer: LocalIssuer) -> None:
+    receiver = make_receiver(PULL_EVENTS_MAX_TOKEN_LIFETIME_S="120")
+    headers, body = delivery(issuer)  # the issuer's tokens live 300 s
+    assert_error(receiver.post(headers, body), 403, "invalid_token")
+
+
+# --- one token, one delivery --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attribute", ["id", "type", "source"])
+def test_a_token_replayed_with_another_id_type_or_source_is_403_and_lands_nothing_new(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, local_store: LocalLandingStore, attribute: str
+) -> None:
+    attributes, data = pull_event(id=new_id())
+    body = compact_json(data)
+    token = issuer.token(body)
+    assert receiver.post(binary_delivery(attributes, body, token=token), body).status_code == 202
+    changed = {**attributes, attribute: {"id": new_id(), "type": "dev.chainguard.registry.push.v1"}.get(attribute, "x")}
+    response = receiver.post(binary_delivery(changed, body, token=token), body)
+    assert_error(response, 403, "token_replayed")
+    assert landed_ids(local_store) == [attributes["id"]]
+
+
+def test_a_genuine_retry_with_the_same_token_and_attributes_is_accepted(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, local_store: LocalLandingStore
+) -> None:
+    attributes, data = pull_event(id=new_id())
+    body = compact_json(data)
+    headers = binary_delivery(attributes, body, issuer)
+    assert [receiver.post(headers, body).status_code for _ in range(3)] == [202, 202, 202]
+    assert landed_ids(local_store) == [attributes["id"]] * 3  # the load keeps one row per (source, id)
+
+
+def test_a_refused_replay_does_not_unbind_the_token(
+    receiver: ThreadedReceiver, issuer: LocalIssuer, local_store: LocalLandingStore
+) -> None:
+    attributes, data = pull_event(id=new_id())
+    body = compact_json(data)
+    token = issuer.token(body)
+    assert receiver.post(binary_delivery(attributes, body, token=token), body).status_code == 202
+    other = {**attributes, "id": new_id()}
+    assert receiver.post(binary_delivery(other, body, token=token), body).status_code == 403
+    assert receiver.post(binary_delivery(other, body, token=token), body).status_code == 403
+    assert receiver.post(binary_delivery(attributes, body, token=token), body).status_code == 202
+    assert landed_ids(local_store) == [attributes["id"]] * 2

@@ -24,6 +24,7 @@ from tests.receiver.oidc import LocalIssuer
 from tests.receiver.server import ThreadedReceiver
 
 PULL = "dev.chainguard.registry.pull.v1"
+RECEIPT_KEYS = ("landing_object", "landing_line", "received_at", "received_by", "body_sha256", "token_sha256")
 
 
 def assert_nothing_landed(landing_dir: Path) -> None:
@@ -50,7 +51,8 @@ def test_binary_pull_delivery_lands_every_attribute_data_bytes_and_receipt(
     attributes, data = pull_event()
     body = compact_json(data)
     before = datetime.now(UTC)
-    response = receiver.post(binary_delivery(attributes, body, issuer), body)
+    binary_headers = binary_delivery(attributes, body, issuer)
+    response = receiver.post(binary_headers, body)
     after = datetime.now(UTC)
 
     assert response.status_code == 202, response.text
@@ -65,15 +67,15 @@ def test_binary_pull_delivery_lands_every_attribute_data_bytes_and_receipt(
     # The data is the request body, byte for byte.
     assert b',"data":' + body + b',"received_at":' in line
     record = json.loads(line)
-    receipt = {
-        key: record.pop(key) for key in ("landing_object", "landing_line", "received_at", "received_by", "body_sha256")
-    }
+    receipt = {key: record.pop(key) for key in RECEIPT_KEYS}
     assert record.pop("data") == data
     assert record == attributes  # every attribute and extension as sent; time keeps its nanoseconds
     assert record["time"] == "2026-08-28T20:13:22.179701671Z"
     assert receipt["landing_object"] == landed.key
     assert receipt["landing_line"] == 1
     assert receipt["body_sha256"] == "sha256:" + hashlib.sha256(body).hexdigest()
+    token = binary_headers["Authorization"].removeprefix("Bearer ")
+    assert receipt["token_sha256"] == "sha256:" + hashlib.sha256(token.encode()).hexdigest()
     assert receipt["received_by"]
     received_at = datetime.strptime(receipt["received_at"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert before <= received_at <= after
@@ -107,9 +109,7 @@ def test_structured_delivery_lands_the_event_document_as_sent(
     response = receiver.post(headers, body)
     assert response.status_code == 202, response.text
     [record] = landed_records(local_store)
-    receipt = {
-        key: record.pop(key) for key in ("landing_object", "landing_line", "received_at", "received_by", "body_sha256")
-    }
+    receipt = {key: record.pop(key) for key in RECEIPT_KEYS}
     assert record == document
     assert receipt["body_sha256"] == "sha256:" + hashlib.sha256(body).hexdigest()
 
@@ -321,10 +321,13 @@ def test_not_a_valid_cloudevent_is_400_even_with_a_valid_token(
     assert_nothing_landed(landing_dir)
 
 
-def test_invalid_event_without_token_is_400_not_401(receiver: ThreadedReceiver, landing_dir: Path) -> None:
-    attributes, data = pull_event()
-    body = compact_json(data)
-    assert_error(receiver.post(binary_delivery(_without(attributes, "id"), body), body), 400, "missing_attribute")
+def test_invalid_event_without_token_is_401_before_the_body_is_parsed(
+    receiver: ThreadedReceiver, landing_dir: Path
+) -> None:
+    attributes, _data = pull_event()
+    body = b'{"not json'
+    response = receiver.post(binary_delivery(_without(attributes, "id"), body), body)
+    assert_error(response, 401, "missing_token")
     assert_nothing_landed(landing_dir)
 
 

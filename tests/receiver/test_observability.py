@@ -35,7 +35,8 @@ def test_metrics_count_accepted_by_type_rejected_by_reason_and_commits(
     assert receiver.post(binary_delivery(attributes, body, issuer), body).status_code == 202
     assert receiver.post(binary_delivery(attributes, body), body).status_code == 401
     assert receiver.post(binary_delivery(attributes, body), body).status_code == 401
-    assert receiver.post({"Content-Type": "application/json"}, body).status_code == 400
+    no_ce_headers = {"Content-Type": "application/json", "Authorization": f"Bearer {issuer.token(body)}"}
+    assert receiver.post(no_ce_headers, body).status_code == 400
 
     samples = scrape(receiver)
     assert samples[("pull_events_receiver_accepted_events_total", (("type", PULL),))] == 1
