@@ -21,6 +21,8 @@ DEFAULT_WAREHOUSE = DEFAULT_DATA_DIR / "warehouse.duckdb"
 DEFAULT_ISSUER = "https://issuer.enforce.dev"
 # Twice the largest body the receiver can be set to take (8 MiB), so escaping in the record never reaches it.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# The longest token lifetime a receiver may accept: the loads' look-back for a replayed token (a day) covers it.
+MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600.0
 
 _GCS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<prefix>.*))?$")
 _BIGQUERY_URI = re.compile(r"^bigquery://(?P<project>[a-z][a-z0-9.:-]{2,62}[a-z0-9])/(?P<dataset>\w{1,1024})/?$")
@@ -182,7 +184,10 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         commit_timeout_seconds=_float(env, "PULL_EVENTS_COMMIT_TIMEOUT_S", 10.0, minimum=0.1),
         jwks_min_refresh_seconds=_float(env, "PULL_EVENTS_JWKS_MIN_REFRESH_S", 10.0, minimum=0.0),
         max_line_bytes=max_line_bytes,
-        max_token_lifetime_seconds=_float(env, "PULL_EVENTS_MAX_TOKEN_LIFETIME_S", 3 * 3600.0, minimum=1.0),
+        # At most a day: the load looks back that far (TOKEN_REPLAY_WINDOW) for another event under the same token.
+        max_token_lifetime_seconds=_float(
+            env, "PULL_EVENTS_MAX_TOKEN_LIFETIME_S", 3 * 3600.0, minimum=1.0, maximum=MAX_TOKEN_LIFETIME_SECONDS
+        ),
         token_leeway_seconds=_float(env, "PULL_EVENTS_TOKEN_LEEWAY_S", 60.0, minimum=0.0, maximum=3600.0),
         header_timeout_seconds=_float(env, "PULL_EVENTS_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
         body_timeout_seconds=_float(env, "PULL_EVENTS_BODY_TIMEOUT_S", 15.0, minimum=0.1),

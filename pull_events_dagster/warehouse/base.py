@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta
 from typing import get_origin, get_type_hints
 
 from pull_events.landing import LandedObject, LandingStore
+from pull_events.settings import MAX_TOKEN_LIFETIME_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ REJECTED = "rejected_events"  # lines that could not be loaded, with the reason
 LOADED_OBJECTS = "loaded_objects"  # ledger: one row per landing object loaded (exactly-once per object)
 # How far back (by received_at) a load looks for an earlier event carrying the same token. It must exceed the
 # longest token lifetime the receivers accept (Chainguard's tokens live minutes; receivers bound them to hours).
-TOKEN_REPLAY_WINDOW = timedelta(days=1)
+TOKEN_REPLAY_WINDOW = timedelta(seconds=MAX_TOKEN_LIFETIME_SECONDS)
 TOKEN_REPLAYED = "token_replayed"
 QUARANTINED = "quarantined_objects"  # landing objects that could not be read at all, until one load reads them
 DAILY_PULLS = "daily_pulls"
