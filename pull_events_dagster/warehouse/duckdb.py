@@ -222,25 +222,29 @@ _NO_LINES = """
 """
 # Which objects the CSV reader accounted for: every byte of the file is in a staged line, each with its newline
 # (an object without a final newline, as the receiver never writes, is read carefully), and the lines number
-# themselves 1..n by their own landing_line. An object with a line the rules reject is read carefully too, so
-# that a rejected line is always recorded where it is, not where it claims to be. ``lines`` is the count the
-# load must then account for.
+# themselves: by their own landing_line 1..n, or with the one missing number when exactly one line cannot carry
+# it (a line cut short; no blank line may shift the count). The numbers are the ones the receiver wrote, so a
+# rejected line is recorded at the number it carries; an object whose lines do not number themselves so is read
+# carefully, by position. ``lines`` is the count the load must then account for.
 _NUMBERING = """
     INSERT INTO pe_objects
     SELECT object_id, k.object_key,
         NOT coalesce(
-            staged_bytes = z.size AND unnumbered = 0 AND rejected = 0 AND numbers = lines - blank
-                AND coalesce(first, 1) = 1 AND coalesce(last, 0) = lines - blank,
+            staged_bytes = z.size
+            AND (unnumbered = 0 AND numbers = lines - blank AND coalesce(first, 1) = 1
+                    AND coalesce(last, 0) = lines - blank
+                OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1
+                    AND coalesce(first, 1) >= 1 AND coalesce(last, 1) <= lines),
             z.size = 0) AS careful,
+        CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - coalesce(total, 0) END AS gap,
         coalesce(lines - blank, 0) AS lines
     FROM pe_sizes z JOIN pe_keys k USING (object_id)
     LEFT JOIN (
         SELECT object_id, count(*) AS lines, count(*) FILTER (blank) AS blank,
             count(*) FILTER (NOT blank AND position IS NULL) AS unnumbered,
-            count(*) FILTER (NOT blank AND reason IS NOT NULL) AS rejected,
             count(DISTINCT position) FILTER (NOT blank) AS numbers,
             min(position) FILTER (NOT blank) AS first, max(position) FILTER (NOT blank) AS last,
-            sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
+            sum(position) FILTER (NOT blank) AS total, sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
         FROM pe_lines_csv WHERE object_id IN (SELECT unnest($ids)) GROUP BY object_id
     ) USING (object_id)
     WHERE object_id IN (SELECT unnest($ids))
@@ -718,7 +722,7 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute("CREATE OR REPLACE TEMP TABLE pe_sizes (object_id INTEGER, size BIGINT)")
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE pe_objects "
-            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, lines BIGINT)"
+            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, gap BIGINT, lines BIGINT)"
         )
         quarantined: dict[str, tuple[str, str]] = {}
         for chunk in self._chunks(store, objects):
@@ -732,7 +736,9 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(
             """
             CREATE OR REPLACE TEMP VIEW pe_lines AS
-            SELECT c.* REPLACE (coalesce(c.landing_object, o.object_key) AS landing_object)
+            SELECT c.* REPLACE (
+                coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line,
+                coalesce(c.landing_object, o.object_key) AS landing_object)
             FROM pe_lines_csv c JOIN pe_objects o USING (object_id)
             WHERE NOT o.careful AND NOT c.blank
             UNION ALL
@@ -833,7 +839,7 @@ class DuckDBWarehouse(base.Warehouse):
         read_again = [ids[key] for key, _ in objects]
         conn.execute("DELETE FROM pe_objects WHERE object_id IN (SELECT unnest($ids))", {"ids": read_again})
         conn.execute(
-            "INSERT INTO pe_objects SELECT object_id, object_key, true, lines FROM pe_keys "
+            "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL, lines FROM pe_keys "
             "JOIN (SELECT unnest($ids::INTEGER[]) AS object_id, unnest($lines::BIGINT[]) AS lines) USING (object_id)",
             {"ids": list(counts), "lines": list(counts.values())},
         )
