@@ -6,32 +6,32 @@ A load of a batch of landing objects is:
    column. The job reads the NDJSON objects as CSV whose field delimiter is U+001F (a control
    character, which JSON text can only carry escaped) and whose quote character is empty, so every line,
    broken or not, arrives whole as one string; ``max_bad_records`` lets the rare row the reader cannot
-   take (a raw U+001F in a corrupt line) be skipped and counted instead of failing the batch. No line
-   passes through Python.
-2. One multi-statement query that parses and classifies every staged line (``SAFE.PARSE_JSON``,
+   take (a raw U+001F in a corrupt line) be skipped and counted instead of failing the batch. A job that
+   fails because an object is gone is run again without it; the object goes to ``quarantined_objects``.
+2. Accounting (``objects_to_read_carefully``): an object whose staged lines, placed by the lineage keys the
+   receiver writes first on every line, hold exactly its bytes, are all JSON and number themselves 1..n is
+   trusted; any other object (and every object when a row was skipped or names no object of the batch) is
+   read carefully: streamed through the landing store and split in Python (``lines.read_lines``) into a
+   second staging table with the loader's object and position. Receiver objects never need it, so on the
+   usual path no line passes through Python.
+3. One multi-statement query that parses and classifies every staged line (``SAFE.PARSE_JSON``,
    ``JSON_VALUE``, ``SAFE_CAST``: the rules of the shared load semantics, first failing rule wins),
    MERGEs valid pulls and other events into their tables on ``(event_source, event_id)`` with explicit
-   column lists, inserts rejected lines, then writes the ledger rows LAST.
-3. The staging table is dropped (it also expires by itself if the process dies first).
+   column lists, inserts rejected lines where they were read, and returns what each object's lines became.
+4. Every object must balance (lines counted from its bytes = inserted + duplicates + rejected) before its
+   ledger row is written, LAST; else ``LoadAccountingError`` and the object stays unrecorded.
+5. The staging tables are dropped (they also expire by themselves if the process dies first).
 
 Quota: BigQuery allows 1,500 load jobs per table per day. Every load job here writes a fresh staging
 table, never the pull table, and rows reach the pull table through DML (MERGE), which has no per-table
 daily quota. The only count that grows with traffic is load jobs per project (100,000 a day): one per
 batch of up to hundreds of objects, i.e. at one batch per 30-second sensor tick under 3,000 a day.
 
-Lineage: a load job does not say which file a row came from, so ``landing_object`` / ``landing_line``
-come from the line's own keys (the receiver writes them first on every line). For a line too broken to
-parse, they are read with a regular expression from its start; failing that, the object is known only
-when the batch holds one object, and ``landing_line`` is NULL. A row the load job itself could not read
-is known only by count: it is recorded as a ``rejected_events`` row with reason ``unreadable_line``,
-NULL line and raw text, and the object when the batch holds only one.
-
-Steps are idempotent rather than one transaction: a MERGE skips keys already present and the ledger
-comes last, so a crash anywhere means the objects are loaded again and nothing is duplicated (a rejected
-line without a line number is the exception: it has no identity to deduplicate on). A transaction would
-make concurrent runs abort each other: BigQuery fails the later of two transactions that change the same
-table. The derived-table refreshes do use transactions, so readers never see a day deleted but not yet
-re-inserted.
+Steps are idempotent rather than one transaction: a MERGE skips keys already present, rejected lines are
+recorded once per (object, line), and the ledger comes last, so a crash anywhere means the objects are loaded
+again and nothing is duplicated. A transaction would make concurrent runs abort each other: BigQuery fails
+the later of two transactions that change the same table. The derived-table refreshes do use transactions,
+so readers never see a day deleted but not yet re-inserted.
 
 Every workaround for a gap of the test emulator (bqemulator 1.4.0) is also plain, correct BigQuery; the
 list is in ``docs/bigquery.md``. In short: only ``object`` / ``array`` / ``null`` answers of ``JSON_TYPE``
