@@ -31,6 +31,10 @@ class Rejection(Exception):
         self.retry_after = retry_after
         self.headers = dict(headers or {})
 
+    def log_fields(self, remote_addr: str | None) -> dict[str, object]:
+        """What the receiver logs of this refusal, wherever it is answered (the front or the app)."""
+        return {"status": self.status, "error": self.error, "detail": self.detail, "remote_addr": remote_addr}
+
     def response(self) -> Response:
         """The JSON error answer for this refusal."""
         return error_response(self.status, self.error, self.detail, self.retry_after, self.headers)

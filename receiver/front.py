@@ -334,17 +334,7 @@ class Front:
     def _refused(self, rejection: Rejection, peer: tuple[Any, ...], started: float) -> None:
         self._count_refusal(rejection.error, rejection.status)
         self.state.metrics.request_seconds.observe(time.perf_counter() - started)
-        log.warning(
-            "refused a delivery",
-            extra={
-                "fields": {
-                    "status": rejection.status,
-                    "error": rejection.error,
-                    "detail": rejection.detail,
-                    "remote_addr": peer[0] if peer else None,
-                }
-            },
-        )
+        log.warning("refused a delivery", extra={"fields": rejection.log_fields(peer[0] if peer else None)})
 
     def _count_refusal(self, error: str, status: int) -> None:
         self.state.metrics.count_rejected(error, status)

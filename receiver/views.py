@@ -60,17 +60,7 @@ def receive() -> Response:
         event, landed = state.intake.receive(headers, body, token, digest)
     except Rejection as rejection:
         state.metrics.count_rejected(rejection.error, rejection.status)
-        log.warning(
-            "refused a delivery",
-            extra={
-                "fields": {
-                    "status": rejection.status,
-                    "error": rejection.error,
-                    "detail": rejection.detail,
-                    "remote_addr": request.remote_addr,
-                }
-            },
-        )
+        log.warning("refused a delivery", extra={"fields": rejection.log_fields(request.remote_addr)})
         return rejection.response()
     finally:
         state.metrics.request_seconds.observe(time.perf_counter() - started)
