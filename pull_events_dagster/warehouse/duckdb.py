@@ -302,10 +302,11 @@ class LoadAccountingError(RuntimeError):
 
 @dataclass
 class _Chunk:
-    """Objects of one load read together: the local path of each, and those that could not be read at all."""
+    """Objects of one load read together: the local path and size of each, and those that could not be read."""
 
     objects: list[LandedObject]
     paths: list[str]
+    sizes: list[int] = field(default_factory=list)  # bytes, as found when the chunk was made
     quarantined: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, detail)
 
 
@@ -490,6 +491,7 @@ class DuckDBWarehouse(base.Warehouse):
                     # Streamed: an object of any size costs one buffer of memory.
                     with store.open_read(obj.key) as source, path.open("wb") as target:
                         shutil.copyfileobj(source, target, 8 * 1024 * 1024)
+                        size = target.tell()
                 except Exception as exc:
                     if (reason := unreadable_reason(exc)) is None:
                         raise  # a transient failure: the run fails and is retried, nothing is written
@@ -498,6 +500,7 @@ class DuckDBWarehouse(base.Warehouse):
                     continue
                 chunk.objects.append(obj)
                 chunk.paths.append(str(path))
+                chunk.sizes.append(size)
             yield chunk
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -753,29 +756,19 @@ class DuckDBWarehouse(base.Warehouse):
         self, conn: duckdb.DuckDBPyConnection, files: _Chunk, ids: dict[str, int]
     ) -> dict[str, tuple[str, str]]:
         """Stage one chunk's objects: the fast reader first, the careful one for what it does not account for.
-        Returns the objects that could not be read after all (gone since they were listed)."""
-        gone: dict[str, tuple[str, str]] = {}
-        sizes: dict[str, int] = {}
-        for obj, path in zip(files.objects, files.paths, strict=True):
-            try:
-                sizes[obj.key] = os.path.getsize(path)
-            except OSError as exc:
-                if (reason := unreadable_reason(exc)) is None:
-                    raise
-                gone[obj.key] = (reason, f"{type(exc).__name__}: {exc.strerror or exc}")
-        readable = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True) if o.key in sizes]
+        Returns the objects that could not be read after all (gone since the chunk was made: the fast reader then
+        refuses the file, and the careful one cannot open it)."""
+        located = [(o.key, path) for o, path in zip(files.objects, files.paths, strict=True)]
         conn.execute(
             "INSERT INTO pe_sizes SELECT unnest($ids::INTEGER[]), unnest($sizes::BIGINT[])",
-            {"ids": [ids[key] for key, _ in readable], "sizes": [sizes[key] for key, _ in readable]},
+            {"ids": [ids[o.key] for o in files.objects], "sizes": files.sizes},
         )
         # A path with a glob character cannot be handed to DuckDB's file readers, which would expand it.
-        careful = [(key, path) for key, path in readable if _GLOB.search(path)]
-        fast = [(key, path) for key, path in readable if not _GLOB.search(path)]
+        careful = [(key, path) for key, path in located if _GLOB.search(path)]
+        fast = [(key, path) for key, path in located if not _GLOB.search(path)]
         if fast:
             careful += self._stage_fast(conn, fast, ids)
-        if careful:
-            gone |= self._stage_carefully(conn, careful, ids)
-        return gone
+        return self._stage_carefully(conn, careful, ids) if careful else {}
 
     def _stage_fast(
         self, conn: duckdb.DuckDBPyConnection, objects: list[tuple[str, str]], ids: dict[str, int]
@@ -1258,13 +1251,15 @@ def _line_texts(store: LandingStore, key: str, positions: set[int], max_line_byt
         return {line.position: line.text for line in read_lines(stream, max_line_bytes) if line.position in positions}
 
 
-def _check_regular_file(path: str) -> None:
-    """Raise unless ``path`` opens as a regular file: without blocking (a FIFO named like an object would hold the
-    load for ever) and readable."""
+def _regular_file_size(path: str) -> int:
+    """The size of ``path``; raises unless it opens as a regular file: without blocking (a FIFO named like an object
+    would hold the load for ever) and readable."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+        return info.st_size
     finally:
         os.close(fd)
 
@@ -1274,7 +1269,7 @@ def _local_chunk(objects: Sequence[LandedObject], paths: Sequence[str]) -> _Chun
     chunk = _Chunk([], [])
     for obj, path in zip(objects, paths, strict=True):
         try:
-            _check_regular_file(path)
+            size = _regular_file_size(path)
         except OSError as exc:
             reason = unreadable_reason(exc)
             if reason is None:
@@ -1283,6 +1278,7 @@ def _local_chunk(objects: Sequence[LandedObject], paths: Sequence[str]) -> _Chun
             continue
         chunk.objects.append(obj)
         chunk.paths.append(path)
+        chunk.sizes.append(size)
     return chunk
 
 

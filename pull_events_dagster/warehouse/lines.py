@@ -101,12 +101,6 @@ def staging_row(object_id: int, line: Line) -> bytes:
     return b"%d,%d,%s,%s\n" % (object_id, line.position, (line.problem or "").encode(), encoded)
 
 
-def staged_row_bytes(max_line_bytes: int) -> int:
-    """The longest staging row a line can give: the text kept is at most ``max_line_bytes`` (or a problem line's
-    prefix, whose ``\\xNN`` escapes make it up to four times longer), and base64 adds a third."""
-    return 4 * (max(max_line_bytes, 4 * PREFIX_BYTES) + 2) // 3 + 64
-
-
 OBJECT_MISSING = "object_missing"
 OBJECT_UNREADABLE = "object_unreadable"
 
