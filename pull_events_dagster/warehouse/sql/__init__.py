@@ -1,0 +1,34 @@
+"""The warehouses' SQL, one file per statement and dialect: ``sql/duckdb/<name>.sql`` beside ``sql/bigquery/<name>.sql``.
+
+A reviewer reads the two engines' versions of a statement side by side. Files hold only what varies per
+deployment as ``{{placeholder}}`` (table names, rendered fragments such as the rejection rules); values are
+bound parameters (``$name`` in DuckDB, ``@name`` or ``DECLARE``d variables in BigQuery), never pasted in.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import Literal
+
+Dialect = Literal["duckdb", "bigquery"]
+
+_HERE = Path(__file__).parent
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+
+
+@cache
+def source(dialect: Dialect, name: str) -> str:
+    """The text of ``sql/<dialect>/<name>.sql``."""
+    return (_HERE / dialect / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def statement(dialect: Dialect, name: str, **fragments: str) -> str:
+    """``sql/<dialect>/<name>.sql`` with its ``{{placeholders}}`` filled in; every one must be given, and used."""
+    text = source(dialect, name)
+    wanted = set(_PLACEHOLDER.findall(text))
+    if wanted != set(fragments):
+        missing, extra = sorted(wanted - set(fragments)), sorted(set(fragments) - wanted)
+        raise KeyError(f"sql/{dialect}/{name}.sql: placeholders missing {missing}, unknown {extra}")
+    return _PLACEHOLDER.sub(lambda match: fragments[match.group(1)], text)
