@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +22,8 @@ DEFAULT_WAREHOUSE = DEFAULT_DATA_DIR / "warehouse.duckdb"
 DEFAULT_ISSUER = "https://issuer.enforce.dev"
 # Twice the largest body the receiver can be set to take (8 MiB), so escaping in the record never reaches it.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
+# The first day partition of daily_pulls (PULL_EVENTS_FIRST_DAY); set it earlier for an older history.
+DEFAULT_FIRST_DAY = date(2024, 1, 1)
 # The longest token lifetime a receiver may accept: the loads' look-back for a replayed token (a day) covers it.
 MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600.0
 
@@ -99,6 +102,8 @@ class PipelineSettings:
     max_load_lag_seconds: int  # a landed object still unloaded this long after it landed fails a check
     reconcile_days: int  # UTC days back (by landing time) each reconciliation pass compares with the ledger
     future_tolerance_seconds: int  # a pull dated more than this after the refresh time is implausible
+    first_day: date  # the first day partition of daily_pulls: pulls dated earlier are counted in no day
+    audit_cron: str  # when the whole-table audits run (the per-load checks judge each load's own rows)
 
 
 @dataclass(frozen=True)
@@ -202,6 +207,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         max_load_lag_seconds=_int(env, "PULL_EVENTS_MAX_LOAD_LAG_S", 900, minimum=1),
         reconcile_days=_int(env, "PULL_EVENTS_RECONCILE_DAYS", 7, minimum=1),
         future_tolerance_seconds=_int(env, "PULL_EVENTS_FUTURE_TOLERANCE_S", 3600, minimum=0),
+        first_day=_date(env, "PULL_EVENTS_FIRST_DAY", DEFAULT_FIRST_DAY),
+        audit_cron=_cron(env, "PULL_EVENTS_AUDIT_CRON", "17 3 * * *"),
     )
     return Settings(
         landing=parse_landing(env.get("PULL_EVENTS_LANDING", "").strip() or str(DEFAULT_LANDING)),
@@ -244,6 +251,23 @@ def _flag(env: Mapping[str, str], name: str) -> bool:
 def _project_path(value: str) -> Path:
     path = Path(value).expanduser()
     return path if path.is_absolute() else (Path.cwd() / path).resolve()
+
+
+def _date(env: Mapping[str, str], name: str, default: date) -> date:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise SettingsError(name, f"{raw!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _cron(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = " ".join(env.get(name, "").split()) or default
+    if len(raw.split(" ")) != 5:
+        raise SettingsError(name, f"{raw!r} is not a cron schedule of five fields, e.g. '17 3 * * *'")
+    return raw
 
 
 def _int(

@@ -1,11 +1,10 @@
-"""The warehouse tables as assets: one loader for the pull, events and rejected tables; two derived tables.
+"""The loaded warehouse tables as assets: one loader for the pull, events, rejected and quarantine tables.
 
 The loader takes the landing keys a sensor run names (or every landing object, for a rebuild; or, for a
 reconciliation pass, the recent landing objects the ledger lacks: see ``reconcile.py``) and loads
-them through ``Warehouse.load_objects``; ``daily_pulls`` and ``repository_pull_summary`` follow eagerly
-whenever the pull table changes. Every warehouse step shares one concurrency pool (``dagster.yaml``
-limits it to one run at a time): DuckDB allows a single writer, and loads must commit in ``loaded_at``
-order for the incremental refresh's watermark.
+them through ``Warehouse.load_objects``. Its checks judge the rows the run wrote, returned with the
+materialization; the derived tables (``derived.py``) follow from the days it reports. Every warehouse step
+shares one concurrency pool (``dagster.yaml`` limits it to one run at a time): DuckDB allows a single writer.
 """
 
 from collections.abc import Generator, Iterable, Iterator, Sequence
@@ -13,8 +12,13 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
+# Not re-exported at dagster's top level in 1.13; the standard dagster/* table metadata keys, typed.
+from dagster._core.definitions.metadata import TableMetadataSet
+
 from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import PipelineSettings, Settings
+from pull_events_dagster.defs.load_checks import load_check_results, load_check_specs
+from pull_events_dagster.defs.partitions import DAY_FORMAT, daily_partitions, is_partition
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, audit_landing, load_lag_check_spec, load_lag_result
 from pull_events_dagster.defs.resources import LandingResource, WarehouseResource
 from pull_events_dagster.warehouse import base
@@ -47,8 +51,10 @@ _DESCRIPTIONS = {
     base.REJECTED: "Landed lines that could not be loaded, with the reason and the line as landed.",
     base.QUARANTINED: "Landing objects that could not be read at all (gone, or refused by the store), until a load "
     "reads them; the reconciliation pass retries them.",
-    base.DAILY_PULLS: "Pulls per UTC day of body.when and repository.",
-    base.REPOSITORY_SUMMARY: "Pull figures per repository over the whole pull table.",
+    base.DAILY_PULLS: "Pulls per UTC day of body.when and repository: one partition per day, recomputed when a load "
+    "brings pulls dated on it (late ones included) or when backfilled.",
+    base.REPOSITORY_SUMMARY: "Pull figures per repository over every day, kept from daily_pulls and the running "
+    "sets of actors, clients and tags: only repositories whose days changed are recomputed.",
 }
 
 
@@ -100,25 +106,28 @@ def observed_schema(warehouse: base.Warehouse, table: str) -> dg.TableSchema:
 
 
 def table_metadata(warehouse: base.Warehouse, table: str) -> dict[str, object]:
-    """Row count and column schema of one table, under Dagster's standard metadata keys."""
+    """Row count, column schema and name of one table, under Dagster's standard table metadata keys."""
+    return dict(
+        TableMetadataSet(
+            row_count=warehouse.row_count(table),
+            column_schema=observed_schema(warehouse, table),
+            table_name=f"{base.DATASET}.{table}",
+        )
+    )
+
+
+def describe(table: str, warehouse_kind: str) -> dict[str, object]:
+    """The description, group, kind and declared table metadata of a table's asset (an ``@asset`` or spec's kwargs)."""
     return {
-        "dagster/row_count": dg.MetadataValue.int(warehouse.row_count(table)),
-        "dagster/column_schema": observed_schema(warehouse, table),
+        "description": _DESCRIPTIONS[table],
+        "group_name": GROUP,
+        "kinds": {warehouse_kind},
+        "metadata": dict(TableMetadataSet(table_name=f"{base.DATASET}.{table}", column_schema=declared_schema(table))),
     }
 
 
 def _spec(table: str, warehouse_kind: str, **kwargs: object) -> dg.AssetSpec:
-    return dg.AssetSpec(
-        table_key(table),
-        description=_DESCRIPTIONS[table],
-        group_name=GROUP,
-        kinds={warehouse_kind},
-        metadata={
-            "dagster/table_name": f"{base.DATASET}.{table}",
-            "dagster/column_schema": declared_schema(table),
-        },
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return dg.AssetSpec(table_key(table), **describe(table, warehouse_kind), **kwargs)  # type: ignore[arg-type]
 
 
 def batches(objects: Sequence[LandedObject], size: int) -> Iterable[Sequence[LandedObject]]:
@@ -128,7 +137,7 @@ def batches(objects: Sequence[LandedObject], size: int) -> Iterable[Sequence[Lan
 
 
 def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefinition]:
-    """The five table assets, configured by the pipeline settings."""
+    """The loader of the four loaded tables, configured by the pipeline settings."""
     pipeline = settings.pipeline
 
     @dg.multi_asset(
@@ -144,7 +153,7 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
         ],
         # The load-lag check is evaluated here, before a reconciliation pass loads what it found (reconcile.py);
         # subsettable so that load runs leave it out (it lists days of landing objects) and it can run alone.
-        check_specs=[load_lag_check_spec(settings)],
+        check_specs=[load_lag_check_spec(settings), *load_check_specs(settings, PULLS_KEY)],
         can_subset=True,
         pool=WAREHOUSE_POOL,
         description=(
@@ -170,7 +179,8 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
                     len(objects),
                     landing.describe(),
                 )
-                total = wh.rebuild(store, objects, context.run.run_id, pipeline.max_objects_per_run)
+                total, daily = wh.rebuild(store, objects, context.run.run_id, pipeline.max_objects_per_run)
+                _log_rebuilt_derived_tables(context, wh, daily, daily_partitions(settings))
             else:
                 objects = [LandedObject(key=o.key, size=o.size, uri=store.uri(o.key)) for o in config.objects]
                 wh.ensure_tables()
@@ -186,61 +196,9 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
                 )
             _log_load(context, total)
             yield from _load_materializations(context, wh, total, config)
+            yield from load_check_results(total, settings, PULLS_KEY, context.selected_asset_check_keys)
 
-    @dg.asset(
-        key=DAILY_PULLS_KEY,
-        deps=[PULLS_KEY],
-        description=_DESCRIPTIONS[base.DAILY_PULLS],
-        group_name=GROUP,
-        kinds={warehouse_kind},
-        metadata={
-            "dagster/table_name": f"{base.DATASET}.{base.DAILY_PULLS}",
-            "dagster/column_schema": declared_schema(base.DAILY_PULLS),
-        },
-        automation_condition=dg.AutomationCondition.eager(),
-        pool=WAREHOUSE_POOL,
-    )
-    def daily_pulls(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
-        """Recompute the days touched by pulls loaded since the last refresh (late events included)."""
-        with warehouse.open() as wh:
-            result = wh.refresh_daily_pulls()
-            context.log.info("recomputed %d days: %s", len(result.days_recomputed), result.days_recomputed)
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/row_count": dg.MetadataValue.int(result.table_rows),
-                    "dagster/column_schema": observed_schema(wh, base.DAILY_PULLS),
-                    "days_recomputed": sorted(day.isoformat() for day in result.days_recomputed),
-                    "days_recomputed_count": len(result.days_recomputed),
-                    "rows_written": result.rows_written,
-                }
-            )
-
-    @dg.asset(
-        key=SUMMARY_KEY,
-        deps=[PULLS_KEY],
-        description=_DESCRIPTIONS[base.REPOSITORY_SUMMARY],
-        group_name=GROUP,
-        kinds={warehouse_kind},
-        metadata={
-            "dagster/table_name": f"{base.DATASET}.{base.REPOSITORY_SUMMARY}",
-            "dagster/column_schema": declared_schema(base.REPOSITORY_SUMMARY),
-        },
-        automation_condition=dg.AutomationCondition.eager(),
-        pool=WAREHOUSE_POOL,
-    )
-    def repository_pull_summary(warehouse: WarehouseResource) -> dg.MaterializeResult:
-        """Rebuild the per-repository summary from the pull table."""
-        with warehouse.open() as wh:
-            result = wh.refresh_repository_summary()
-            return dg.MaterializeResult(
-                metadata={
-                    "dagster/row_count": dg.MetadataValue.int(result.table_rows),
-                    "dagster/column_schema": observed_schema(wh, base.REPOSITORY_SUMMARY),
-                    "rows_written": result.rows_written,
-                }
-            )
-
-    return [load_landing_objects, daily_pulls, repository_pull_summary]
+    return [load_landing_objects]
 
 
 def _reconcile(
@@ -311,6 +269,29 @@ def _load_materializations(
             yield dg.MaterializeResult(
                 asset_key=key, metadata={**table_metadata(wh, table), **load_metadata, **extra[key]}
             )
+
+
+def _log_rebuilt_derived_tables(
+    context: dg.AssetExecutionContext,
+    wh: base.Warehouse,
+    daily: base.DailyRefresh,
+    partitions: dg.DailyPartitionsDefinition,
+) -> None:
+    """A rebuild computed the derived tables itself: record each day partition and the summary as materialized."""
+    for day, rows in daily.rows_per_day.items():
+        if is_partition(partitions, day):
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=DAILY_PULLS_KEY,
+                    partition=day.strftime(DAY_FORMAT),
+                    metadata={**dict(TableMetadataSet(partition_row_count=rows)), "rebuild": True},
+                )
+            )
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=SUMMARY_KEY, metadata={**table_metadata(wh, base.REPOSITORY_SUMMARY), "rebuild": True}
+        )
+    )
 
 
 def _quarantine_list(quarantined: dict[str, str]) -> str:

@@ -1,16 +1,22 @@
-"""Asset checks on the loaded tables, judged from one set of figures (``Warehouse.check_figures``).
+"""Whole-table audits of the warehouse, judged from one set of figures (``Warehouse.check_figures``) and from a
+recompute of the repository summary from the pull table (``Warehouse.summary_audit``).
 
-They run in every load run (the load job selects them with the tables) and can be run alone from the UI.
+They scan whole tables, so they run on a schedule (``PULL_EVENTS_AUDIT_CRON``, daily by default) and from the UI,
+never in a load: each load judges its own rows (``load_checks.py``).
 """
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from pull_events.settings import Settings
-from pull_events_dagster.defs.assets import PULLS_KEY, REJECTED_KEY, WAREHOUSE_POOL
+from pull_events_dagster.defs.assets import PULLS_KEY, REJECTED_KEY, SUMMARY_KEY, WAREHOUSE_POOL, WAREHOUSE_RUN_TAGS
 from pull_events_dagster.defs.resources import WarehouseResource
 from pull_events_dagster.warehouse.base import FutureDatedPull
+
+if TYPE_CHECKING:  # the type define_asset_job returns is not exported by dagster
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 UNIQUE = "source_id_unique"
 REQUIRED = "required_fields_present"
@@ -18,6 +24,15 @@ RECONCILED = "landed_lines_reconciled"
 REJECTED_RATE = "rejected_rate_below_threshold"
 RAW_EVENT_RATE = "fields_without_columns_rare"
 FUTURE_DATED = "no_pulls_dated_in_future"
+SUMMARY_MATCHES = "summary_matches_pull_table"
+AUDIT_JOB = "warehouse_audit"
+AUDIT_SCHEDULE = "warehouse_audit_schedule"
+AUDIT_CHECK_KEYS = (
+    *(dg.AssetCheckKey(PULLS_KEY, name) for name in (UNIQUE, REQUIRED, RECONCILED, RAW_EVENT_RATE, FUTURE_DATED)),
+    dg.AssetCheckKey(REJECTED_KEY, REJECTED_RATE),
+    dg.AssetCheckKey(SUMMARY_KEY, SUMMARY_MATCHES),
+)
+AUDITS = dg.AssetSelection.checks(*AUDIT_CHECK_KEYS)
 
 
 def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
@@ -130,7 +145,52 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
             },
         )
 
-    return [warehouse_checks]
+    @dg.asset_check(
+        asset=SUMMARY_KEY,
+        name=SUMMARY_MATCHES,
+        description=(
+            "The summary, kept incrementally from daily_pulls and the running sets of actors, clients and tags, "
+            "equals the same figures recomputed from the whole pull table as of its last refresh."
+        ),
+        pool=WAREHOUSE_POOL,
+    )
+    def summary_matches_pull_table(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+        with warehouse.open() as wh:
+            audit = wh.summary_audit()
+        return dg.AssetCheckResult(
+            passed=audit.rows_differing == 0,
+            metadata={
+                "repositories_compared": audit.rows_compared,
+                "repositories_differing": audit.rows_differing,
+                "examples": dg.MetadataValue.md("\n".join(f"- `{name}`" for name in audit.examples) or "none"),
+                "as_of": audit.as_of.isoformat() if audit.as_of else "-",
+            },
+        )
+
+    return [warehouse_checks, summary_matches_pull_table]
+
+
+def build_audit_job() -> "UnresolvedAssetJobDefinition":
+    """The whole-table audits alone: no table changes."""
+    return dg.define_asset_job(
+        AUDIT_JOB,
+        selection=AUDITS,
+        tags=WAREHOUSE_RUN_TAGS,
+        description="Audit whole tables: uniqueness, required fields, line accounting, rates, future-dated pulls, "
+        "and the summary against a recompute from the pull table.",
+    )
+
+
+def build_audit_schedule(settings: Settings) -> dg.ScheduleDefinition:
+    """Runs the audits at ``PULL_EVENTS_AUDIT_CRON`` (UTC)."""
+    return dg.ScheduleDefinition(
+        name=AUDIT_SCHEDULE,
+        job_name=AUDIT_JOB,
+        cron_schedule=settings.pipeline.audit_cron,
+        execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="The whole-table audits, which loads never run (each load checks its own rows).",
+    )
 
 
 def _future_dated_table(examples: Sequence[FutureDatedPull]) -> str:

@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from pull_events_dagster.defs.assets import DERIVED_KEYS, LOADED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.assets import LOADED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.checks import AUDITS
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB
 
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported by dagster
@@ -16,13 +17,15 @@ LOAD_JOB = "load_landing"
 REBUILD_JOB = "rebuild_from_landing"
 # The load-lag check lists days of landing objects: it runs in reconciliation passes, not in every load.
 _LOAD_LAG_CHECK = dg.AssetSelection.checks(LOAD_LAG_CHECK_KEY)
+# The whole-table audits run on their own schedule (checks.py), never in a load.
+_LOADED = dg.AssetSelection.assets(*LOADED_KEYS) - AUDITS
 
 
 def build_load_job() -> UnresolvedAssetJobDefinition:
     """Loads the landing objects named in its config (the sensor fills it in), then runs the checks."""
     return dg.define_asset_job(
         LOAD_JOB,
-        selection=dg.AssetSelection.assets(*LOADED_KEYS) - _LOAD_LAG_CHECK,
+        selection=_LOADED - _LOAD_LAG_CHECK,
         tags=WAREHOUSE_RUN_TAGS,
         description="Load the landing objects named in the run config into the pull, events and rejected tables.",
     )
@@ -32,7 +35,7 @@ def build_reconcile_job() -> UnresolvedAssetJobDefinition:
     """One reconciliation pass (``reconcile.py``): the load-lag check, then a load of what the ledger lacks."""
     return dg.define_asset_job(
         RECONCILE_JOB,
-        selection=dg.AssetSelection.assets(*LOADED_KEYS),
+        selection=_LOADED,
         config={"ops": {LOADER: {"config": {"reconcile": True}}}},
         tags=WAREHOUSE_RUN_TAGS,
         description=(
@@ -43,11 +46,12 @@ def build_reconcile_job() -> UnresolvedAssetJobDefinition:
 
 
 def build_rebuild_job() -> UnresolvedAssetJobDefinition:
-    """Reloads every landing object into a shadow copy, swaps it in atomically, then refreshes the derived tables."""
+    """Reloads every landing object into a shadow copy with its derived tables, and swaps it all in atomically."""
     return dg.define_asset_job(
         REBUILD_JOB,
-        selection=dg.AssetSelection.assets(*LOADED_KEYS, *DERIVED_KEYS) - _LOAD_LAG_CHECK,
+        selection=_LOADED - _LOAD_LAG_CHECK,
         config={"ops": {LOADER: {"config": {"rebuild": True}}}},
         tags=WAREHOUSE_RUN_TAGS,
-        description="Rebuild every table from the landing zone beside the current ones, then swap them in atomically.",
+        description="Rebuild every table (the derived ones too) from the landing zone beside the current ones, then "
+        "swap them in atomically.",
     )

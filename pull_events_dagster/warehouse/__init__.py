@@ -8,8 +8,10 @@ from pull_events_dagster.warehouse.base import (
     DATASET,
     PULL_TYPE,
     CheckFigures,
+    DailyRefresh,
     LoadResult,
-    RefreshResult,
+    SummaryAudit,
+    SummaryRefresh,
     Warehouse,
 )
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked
@@ -32,9 +34,11 @@ __all__ = [
     "PULL_TYPE",
     "BigQueryWarehouse",
     "CheckFigures",
+    "DailyRefresh",
     "DuckDBWarehouse",
     "LoadResult",
-    "RefreshResult",
+    "SummaryAudit",
+    "SummaryRefresh",
     "Warehouse",
     "WarehouseLocked",
 ]

@@ -11,7 +11,7 @@ import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import get_origin, get_type_hints
 
 from pull_events.landing import LandedObject, LandingStore
@@ -34,7 +34,12 @@ TOKEN_REPLAYED = "token_replayed"
 QUARANTINED = "quarantined_objects"  # landing objects that could not be read at all, until one load reads them
 DAILY_PULLS = "daily_pulls"
 REPOSITORY_SUMMARY = "repository_pull_summary"
-REFRESH_STATE = "refresh_state"  # watermark of loaded_at each derived table has consumed
+# The repository summary's incremental state (see schema.py), written with daily_pulls.
+DAILY_VALUES = "daily_repository_values"
+REPOSITORY_VALUES = "repository_values"
+SUMMARY_PENDING = "summary_pending"
+# Tables of earlier versions that nothing reads any more; ensure_tables drops them.
+RETIRED_TABLES = ("refresh_state",)
 
 # A rebuild fills the schema/dataset ``<name>__rebuild`` and then swaps its tables in; it is dropped afterwards.
 SHADOW_SUFFIX = "__rebuild"
@@ -42,6 +47,10 @@ SHADOW_SUFFIX = "__rebuild"
 FUTURE_TOLERANCE = timedelta(hours=1)
 # How many of the pulls dated beyond that the check names.
 FUTURE_DATED_EXAMPLES = 5
+# How many of the repositories whose summary row differs from a full recompute the audit names.
+SUMMARY_AUDIT_EXAMPLES = 5
+# The summary's longest time window, in days (image_pulls_last_30d).
+LONGEST_WINDOW_DAYS = 30
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,9 @@ class LoadResult:
     duplicates_skipped: int  # lines whose (source, id) was already loaded or repeated in the batch
     lines_rejected: int
     affected_days: list[date] = field(default_factory=list)  # UTC days of body.when touched by new pulls
+    # The run's own rows, judged against the table in their day partitions (the per-load checks):
+    loaded_duplicate_keys: int = 0  # (source, id) of a row this load wrote that has more than one row
+    loaded_missing_required: int = 0  # rows this load wrote lacking id, source, repository or when
     # Objects that could not be read at all (gone, or not readable): recorded in QUARANTINED, not in the ledger.
     quarantined: dict[str, str] = field(default_factory=dict)  # key -> reason
 
@@ -78,12 +90,33 @@ def combined(results: Sequence[LoadResult]) -> LoadResult:
 
 
 @dataclass(frozen=True)
-class RefreshResult:
-    """What a derived-table refresh recomputed."""
+class DailyRefresh:
+    """What recomputing some days of ``daily_pulls`` (and the summary's state for them) did."""
 
-    days_recomputed: list[date]
-    rows_written: int
+    days: list[date]
+    rows_per_day: dict[date, int]  # daily_pulls rows of each day recomputed (0 for a day without pulls)
+    repositories_marked: int  # repositories whose figures changed, for the summary to recompute
     table_rows: int
+
+
+@dataclass(frozen=True)
+class SummaryRefresh:
+    """What a refresh of ``repository_pull_summary`` recomputed."""
+
+    repositories_recomputed: int  # marked by daily refreshes, plus the time windows' when the day turned
+    day_turned: bool  # the clock's day (or horizon day) changed since the last refresh: windows moved
+    table_rows: int
+    computed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SummaryAudit:
+    """``repository_pull_summary`` compared with a full recompute from the pull table, as of its last refresh."""
+
+    rows_compared: int
+    rows_differing: int  # repositories whose row differs (or exists on one side only)
+    examples: list[str] = field(default_factory=list)  # a few of those repositories
+    as_of: datetime | None = None  # the clock both sides used: the table's latest computed_at
 
 
 @dataclass(frozen=True)
@@ -115,6 +148,45 @@ class FutureDatedPull:
     when: datetime  # body.when, UTC civil time
 
 
+@dataclass(frozen=True)
+class SummaryWindow:
+    """The days a summary refresh counts in its time windows, and whether they moved since the last refresh."""
+
+    today: date  # the UTC day of the refresh's clock (computed_at)
+    horizon_day: date  # the UTC day of the clock plus the future tolerance: later days count in no window
+    day_turned: bool  # today or the horizon day differs from the last refresh's: every window moved
+    # When the day turned: the days whose repositories are recomputed (the old and new windows, every day that
+    # came within the horizon since).
+    first: date
+    last: date
+
+    def parameters(self) -> dict[str, object]:
+        return {
+            "today": self.today,
+            "horizon_day": self.horizon_day,
+            "day_turned": self.day_turned,
+            "window_first": self.first,
+            "window_last": self.last,
+        }
+
+
+def summary_window(clock: datetime, last_refresh: datetime | None, tolerance: timedelta) -> SummaryWindow:
+    """The windows of a refresh at ``clock`` after one at ``last_refresh`` (the summary's latest computed_at)."""
+    clock = clock.astimezone(UTC)
+    today, horizon_day = clock.date(), (clock + tolerance).date()
+    if last_refresh is None:  # an empty summary: no row has windows to move
+        return SummaryWindow(today, horizon_day, False, today, horizon_day)
+    last_refresh = last_refresh.astimezone(UTC)
+    last_today, last_horizon = last_refresh.date(), (last_refresh + tolerance).date()
+    return SummaryWindow(
+        today=today,
+        horizon_day=horizon_day,
+        day_turned=(last_today, last_horizon) != (today, horizon_day),
+        first=min(last_today, today) - timedelta(days=LONGEST_WINDOW_DAYS - 1),
+        last=max(last_horizon, horizon_day),
+    )
+
+
 class RebuildIncomplete(RuntimeError):
     """A rebuild could not read objects whose rows the current tables hold: swapping it in would lose them."""
 
@@ -140,16 +212,30 @@ class Warehouse(ABC):
         """
 
     @abstractmethod
-    def refresh_daily_pulls(self) -> RefreshResult:
-        """Recompute the days of ``daily_pulls`` touched by pulls loaded since the last refresh."""
+    def pull_days(self) -> list[date]:
+        """Every day the pull table has pulls on (a scan of the whole table: for rebuilds and backfills only)."""
 
     @abstractmethod
-    def refresh_repository_summary(self) -> RefreshResult:
-        """Rebuild ``repository_pull_summary`` from the pull table.
+    def refresh_daily_pulls(self, days: Sequence[date]) -> DailyRefresh:
+        """Recompute ``days`` of ``daily_pulls`` and of the summary's state from the pull table, in one transaction.
 
-        Its time windows count back from the warehouse's clock at the refresh (``computed_at``); pulls dated
-        beyond that clock plus the future tolerance count in no time-based figure (the checks flag them).
+        Delete-then-insert per day: idempotent, and reading only those days' partitions of the pull table. The
+        repositories whose figures changed are marked for ``refresh_repository_summary``.
         """
+
+    @abstractmethod
+    def refresh_repository_summary(self) -> SummaryRefresh:
+        """Recompute the summary rows of the repositories marked by daily refreshes, from the daily state.
+
+        Time windows are whole UTC days counted back from the warehouse's clock (``computed_at``); when its
+        day has turned since the last refresh, every repository with pulls in the old or new windows is
+        recomputed too. Pulls dated after the horizon day (the day of the clock plus the future tolerance)
+        count in no time-based figure (the checks flag them).
+        """
+
+    @abstractmethod
+    def summary_audit(self) -> SummaryAudit:
+        """Compare the summary with a recompute from the whole pull table (a scan: for the scheduled audit)."""
 
     @abstractmethod
     def check_figures(self) -> CheckFigures:
@@ -181,7 +267,9 @@ class Warehouse(ABC):
     def drop_shadow(self) -> None:
         """Drop the ``<name>__rebuild`` schema/dataset and everything in it, if there is one."""
 
-    def rebuild(self, store: LandingStore, objects: Sequence[LandedObject], run_id: str, batch_size: int) -> LoadResult:
+    def rebuild(
+        self, store: LandingStore, objects: Sequence[LandedObject], run_id: str, batch_size: int
+    ) -> tuple[LoadResult, DailyRefresh]:
         """Rebuild every table from ``objects``, leaving the current tables as they are until the new ones are complete.
 
         The objects are loaded ``batch_size`` at a time into a shadow copy, whose derived tables are then computed;
@@ -204,7 +292,7 @@ class Warehouse(ABC):
                     f"{len(lost)} landing objects whose rows the tables hold could not be read, e.g. {lost[0]} "
                     f"({total.quarantined[lost[0]]}); the tables are left as they were"
                 )
-            shadow.refresh_daily_pulls()
+            daily = shadow.refresh_daily_pulls(shadow.pull_days())
             shadow.refresh_repository_summary()
             self.swap_in(shadow)
         finally:
@@ -213,4 +301,4 @@ class Warehouse(ABC):
             except Exception:
                 # The rebuild's own outcome matters more; the next rebuild drops the leftover first.
                 log.warning("could not drop the rebuild's shadow copy", exc_info=True)
-        return total
+        return total, daily

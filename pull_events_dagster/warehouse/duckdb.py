@@ -43,7 +43,7 @@ import duckdb
 
 from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import DEFAULT_MAX_LINE_BYTES
-from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse import base, sql
 from pull_events_dagster.warehouse.lines import PREFIX_BYTES, Line, read_lines, staging_row, unreadable_reason
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
@@ -400,6 +400,8 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
         for table in TABLES:
             conn.execute(table_ddl(self.schema, table))
+        for table in base.RETIRED_TABLES:
+            conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
         # Tables made by an earlier version get the columns added since. Old rows kept their whole line in
         # raw_event, so a new column holding a line key is filled from it.
         present = set(
@@ -416,6 +418,8 @@ class DuckDBWarehouse(base.Warehouse):
                 conn.execute(
                     f"ALTER TABLE {self._table(table)} ADD COLUMN {column_ddl(column).replace(' NOT NULL', '')}"
                 )
+                if table == base.PULLS and column.name == "day":
+                    conn.execute(f'UPDATE {self._table(table)} SET day = CAST(body."when" AS DATE)')
                 if column.name in LINE_KEY_OF_COLUMN and column.type == "STRING" and (table, "raw_event") in present:
                     conn.execute(
                         f"UPDATE {self._table(table)} SET {quote(column.name)} = json_extract_string(raw_event, $path) "
@@ -468,6 +472,8 @@ class DuckDBWarehouse(base.Warehouse):
             lines_rejected=totals.rejected,
             affected_days=totals.days,
             quarantined=totals.quarantined,
+            loaded_duplicate_keys=totals.duplicate_keys,
+            loaded_missing_required=totals.missing_required,
         )
 
     def _next_loaded_at(self, conn: duckdb.DuckDBPyConnection) -> datetime:
@@ -541,7 +547,8 @@ class DuckDBWarehouse(base.Warehouse):
             CREATE OR REPLACE TEMP TABLE pe_losers AS
             WITH good AS (
                 SELECT is_pull, event_source, event_id, object_id, position, received_at, landing_object,
-                    landing_line
+                    landing_line, CASE WHEN is_pull THEN CAST(body."when" AS DATE) ELSE CAST(event_time AS DATE) END
+                    AS day
                 FROM pe_lines ANTI JOIN pe_replayed USING (object_id, position) WHERE reason IS NULL
             ), repeated AS (
                 SELECT g.* FROM good g
@@ -552,19 +559,30 @@ class DuckDBWarehouse(base.Warehouse):
             QUALIFY row_number() OVER (PARTITION BY is_pull, event_source, event_id
                 ORDER BY received_at NULLS LAST, landing_object, landing_line, object_id, position) > 1
             UNION
+            -- A redelivery carries the same data, so the same body.when (or time): only the rows of the batch's
+            -- days can hold a copy, and only their row groups are read.
             SELECT g.object_id, g.position FROM good g
-            JOIN {pulls} t ON t.event_source = g.event_source AND t.event_id = g.event_id WHERE g.is_pull
+            JOIN {pulls} t ON t.event_source = g.event_source AND t.event_id = g.event_id AND t.day = g.day
+            WHERE g.is_pull AND t.day BETWEEN $first_day AND $last_day AND list_contains($days, t.day)
             UNION
             SELECT g.object_id, g.position FROM good g
-            JOIN {events} t ON t.event_source = g.event_source AND t.event_id = g.event_id WHERE NOT g.is_pull
-            """
+            JOIN {events} t ON t.event_source = g.event_source AND t.event_id = g.event_id
+                AND CAST(t.event_time AS DATE) IS NOT DISTINCT FROM g.day
+            WHERE NOT g.is_pull
+            """,
+            self._batch_days(conn),
         )
         winners = (
             "FROM pe_lines c ANTI JOIN pe_losers l ON l.object_id = c.object_id AND l.position = c.position "
             "ANTI JOIN pe_replayed r ON r.object_id = c.object_id AND r.position = c.position WHERE c.reason IS NULL"
         )
         # Every column of the two tables comes from the staged line's column of the same name, except these.
-        computed = {"repository": "c.body.repository", "data": "c.event_data", "loaded_at": "$loaded_at"}
+        computed = {
+            "repository": "c.body.repository",
+            "day": 'CAST(c.body."when" AS DATE)',
+            "data": "c.event_data",
+            "loaded_at": "$loaded_at",
+        }
         params = {"loaded_at": loaded_at}
         for table, kind in ((base.PULLS, "c.is_pull"), (base.EVENTS, "NOT c.is_pull")):
             names = [column.name for column in TABLES[table]]
@@ -613,14 +631,17 @@ class DuckDBWarehouse(base.Warehouse):
             {"loaded_at": loaded_at, "run_id": run_id},
         )
         self._record_quarantine(conn, quarantined, loaded_at, run_id)
-        # This load's rows are the ones stamped with its loaded_at (zone maps skip every older row group).
-        conn.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE pe_days AS SELECT DISTINCT CAST(body."when" AS DATE) AS day
-            FROM {pulls} WHERE loaded_at = $loaded_at
-            """,
-            params,
-        )
+        checks = sql.statements("duckdb", "loaded_rows", pulls=pulls, events=self._table(base.EVENTS))
+        conn.execute(checks["days"], params)
+        days = [row[0] for row in conn.execute("SELECT day FROM pe_days").fetchall()]
+        conn.execute(f"CREATE OR REPLACE TEMP TABLE pe_run_checks AS {checks['figures']}", {**params, **_days(days)})
+
+    def _batch_days(self, conn: duckdb.DuckDBPyConnection) -> dict[str, object]:
+        """The days of the batch's good pull lines, as the parameters of a statement that reads only those days."""
+        rows = conn.execute(
+            'SELECT DISTINCT CAST(body."when" AS DATE) FROM pe_lines WHERE reason IS NULL AND is_pull'
+        ).fetchall()
+        return _days([row[0] for row in rows if row[0] is not None])
 
     def _find_replayed_tokens(self, conn: duckdb.DuckDBPyConnection, store: LandingStore) -> None:
         """The temp table ``pe_replayed``: good lines whose token already authorized another event.
@@ -971,110 +992,94 @@ class DuckDBWarehouse(base.Warehouse):
             },
         )
 
-    def refresh_daily_pulls(self) -> base.RefreshResult:
-        pulls, daily, state = self._table(base.PULLS), self._table(base.DAILY_PULLS), self._table(base.REFRESH_STATE)
+    def pull_days(self) -> list[date]:
+        with self.session() as conn:
+            self._ensure_tables(conn)
+            rows = conn.execute(f"SELECT DISTINCT day FROM {self._table(base.PULLS)} WHERE day IS NOT NULL").fetchall()
+        return sorted(row[0] for row in rows)
+
+    def _derived_tables(self) -> dict[str, str]:
+        """The ``{{placeholders}}`` of the derived layer's SQL: its tables' qualified names."""
+        return {
+            "pulls": self._table(base.PULLS),
+            "daily": self._table(base.DAILY_PULLS),
+            "daily_values": self._table(base.DAILY_VALUES),
+            "repository_values": self._table(base.REPOSITORY_VALUES),
+            "pending": self._table(base.SUMMARY_PENDING),
+            "summary": self._table(base.REPOSITORY_SUMMARY),
+        }
+
+    def _statements(self, name: str) -> dict[str, str]:
+        text = sql.source("duckdb", name)
+        tables = {key: value for key, value in self._derived_tables().items() if "{{" + key + "}}" in text}
+        return sql.statements("duckdb", name, **tables)
+
+    def refresh_daily_pulls(self, days: Sequence[date]) -> base.DailyRefresh:
+        statements = self._statements("refresh_daily_pulls")
+        params = _days(days)
         with self.session() as conn:
             self._ensure_tables(conn)
             conn.execute("BEGIN TRANSACTION")
             try:
-                mark = conn.execute(
-                    f"SELECT max(loaded_through) FROM {state} WHERE table_name = $t", {"t": base.DAILY_PULLS}
-                ).fetchone()[0]
-                conn.execute(
-                    f"""
-                    CREATE OR REPLACE TEMP TABLE pe_refresh_days AS
-                    SELECT DISTINCT CAST(body."when" AS DATE) AS day FROM {pulls}
-                    WHERE $mark IS NULL OR loaded_at > $mark
-                    """,
-                    {"mark": mark},
+                for name, statement in statements.items():
+                    if name != "rows_per_day":
+                        conn.execute(statement, _used(statement, params))
+                rows_per_day = dict.fromkeys(params["days"], 0) | dict(
+                    conn.execute(statements["rows_per_day"]).fetchall()
                 )
-                through = conn.execute(
-                    f"SELECT max(loaded_at) FROM {pulls} WHERE $mark IS NULL OR loaded_at > $mark", {"mark": mark}
+                marked = conn.execute(
+                    f"SELECT count(DISTINCT repository) FROM {self._table(base.SUMMARY_PENDING)}"
                 ).fetchone()[0]
-                conn.execute(f"DELETE FROM {daily} WHERE day IN (SELECT day FROM pe_refresh_days)")
-                written = conn.execute(
-                    f"""
-                    INSERT INTO {daily} (day, repository, events, image_pulls, manifest_heads, blob_gets, errors,
-                        unique_actors, unique_clients, computed_at)
-                    SELECT CAST(body."when" AS DATE) AS day, repository,
-                        count(*),
-                        count(*) FILTER (body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL),
-                        count(*) FILTER (body.method = 'HEAD' AND body.type = 'manifest'),
-                        count(*) FILTER (body.method = 'GET' AND body.type = 'blob'),
-                        count(*) FILTER (body.error IS NOT NULL),
-                        count(DISTINCT actor.subject),
-                        count(DISTINCT body.remote_address),
-                        now()
-                    FROM {pulls}
-                    WHERE CAST(body."when" AS DATE) IN (SELECT day FROM pe_refresh_days)
-                    GROUP BY ALL
-                    """
-                ).fetchone()[0]
-                if through is not None:
-                    conn.execute(f"DELETE FROM {state} WHERE table_name = $t", {"t": base.DAILY_PULLS})
-                    conn.execute(
-                        f"INSERT INTO {state} (table_name, loaded_through, refreshed_at) VALUES ($t, $through, now())",
-                        {"t": base.DAILY_PULLS, "through": through},
-                    )
-                days = [row[0] for row in conn.execute("SELECT day FROM pe_refresh_days ORDER BY day").fetchall()]
-                table_rows = conn.execute(f"SELECT count(*) FROM {daily}").fetchone()[0]
+                table_rows = conn.execute(f"SELECT count(*) FROM {self._table(base.DAILY_PULLS)}").fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return base.RefreshResult(days_recomputed=days, rows_written=written, table_rows=table_rows)
+        return base.DailyRefresh(
+            days=sorted(params["days"]),
+            rows_per_day={day: int(count) for day, count in sorted(rows_per_day.items())},
+            repositories_marked=int(marked),
+            table_rows=int(table_rows),
+        )
 
-    def refresh_repository_summary(self) -> base.RefreshResult:
-        pulls, summary = self._table(base.PULLS), self._table(base.REPOSITORY_SUMMARY)
+    def refresh_repository_summary(self) -> base.SummaryRefresh:
+        statements = self._statements("refresh_repository_summary")
+        summary = self._table(base.REPOSITORY_SUMMARY)
         with self.session() as conn:
             self._ensure_tables(conn)
             conn.execute("BEGIN TRANSACTION")
             try:
-                conn.execute(f"DELETE FROM {summary}")
-                written = conn.execute(
-                    f"""
-                    INSERT INTO {summary} (repository, events, image_pulls, errors, error_rate, unique_actors,
-                        unique_clients, first_seen, last_seen, image_pulls_last_7d, image_pulls_last_30d,
-                        top_tags, computed_at)
-                    WITH clock AS (
-                        -- now() is the transaction's start (computed_at), read as UTC civil time like body.when
-                        -- (the session's zone is UTC). A pull dated past the horizon is not plausible: it counts
-                        -- in no time-based figure, so it cannot empty everyone's windows (the checks flag it).
-                        SELECT CAST(now() AS TIMESTAMP) AS refreshed, CAST(now() AS TIMESTAMP) + $tolerance AS horizon
-                    ), p AS (
-                        SELECT repository, body."when" AS seen, body."when" <= clock.horizon AS plausible,
-                            clock.refreshed,
-                            body.tag AS tag, body.error IS NOT NULL AS failed,
-                            body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL AS image_pull,
-                            actor.subject AS actor, body.remote_address AS client
-                        FROM {pulls} CROSS JOIN clock
-                    ), tag_pulls AS (
-                        SELECT repository, tag, count(*) AS image_pulls FROM p
-                        WHERE image_pull AND tag IS NOT NULL GROUP BY ALL
-                    ), top AS (
-                        SELECT repository,
-                            list({{'tag': tag, 'image_pulls': image_pulls}} ORDER BY image_pulls DESC, tag)[1:5]
-                                AS top_tags
-                        FROM tag_pulls GROUP BY repository
-                    )
-                    SELECT p.repository, count(*), count(*) FILTER (image_pull), count(*) FILTER (failed),
-                        (count(*) FILTER (failed)) / count(*),
-                        count(DISTINCT actor), count(DISTINCT client),
-                        min(seen) FILTER (plausible), max(seen) FILTER (plausible),
-                        count(*) FILTER (image_pull AND plausible AND seen > refreshed - INTERVAL 7 DAY),
-                        count(*) FILTER (image_pull AND plausible AND seen > refreshed - INTERVAL 30 DAY),
-                        coalesce(any_value(top.top_tags), []), now()
-                    FROM p LEFT JOIN top USING (repository)
-                    GROUP BY p.repository
-                    """,
-                    {"tolerance": self.future_tolerance},
-                ).fetchone()[0]
+                # now() is the transaction's start: the computed_at of every row written here.
+                clock, last = conn.execute(f"SELECT now(), (SELECT max(computed_at) FROM {summary})").fetchone()
+                window = base.summary_window(clock, last, self.future_tolerance)
+                for name, statement in statements.items():
+                    if name != "recomputed":
+                        conn.execute(statement, _used(statement, window.parameters()))
+                recomputed = conn.execute(statements["recomputed"]).fetchone()[0]
                 table_rows = conn.execute(f"SELECT count(*) FROM {summary}").fetchone()[0]
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return base.RefreshResult(days_recomputed=[], rows_written=written, table_rows=table_rows)
+        return base.SummaryRefresh(
+            repositories_recomputed=int(recomputed),
+            day_turned=window.day_turned,
+            table_rows=int(table_rows),
+            computed_at=clock,
+        )
+
+    def summary_audit(self) -> base.SummaryAudit:
+        statement = self._statements("summary_audit")["differences"]
+        with self.session() as conn:
+            self._ensure_tables(conn)
+            as_of = conn.execute(f"SELECT max(computed_at) FROM {self._table(base.REPOSITORY_SUMMARY)}").fetchone()[0]
+            compared, differing, examples = conn.execute(
+                statement,
+                {"as_of": as_of, "tolerance": self.future_tolerance, "examples": base.SUMMARY_AUDIT_EXAMPLES},
+            ).fetchone()
+        return base.SummaryAudit(
+            rows_compared=int(compared), rows_differing=int(differing), examples=list(examples or []), as_of=as_of
+        )
 
     def check_figures(self) -> base.CheckFigures:
         pulls, events, ledger = self._table(base.PULLS), self._table(base.EVENTS), self._table(base.LOADED_OBJECTS)
@@ -1214,6 +1219,8 @@ class _Totals:
     rejected: int = 0
     days: list[date] = field(default_factory=list)
     quarantined: dict[str, str] = field(default_factory=dict)
+    duplicate_keys: int = 0
+    missing_required: int = 0
 
     @classmethod
     def read(cls, conn: duckdb.DuckDBPyConnection, quarantined: dict[str, tuple[str, str]]) -> _Totals:
@@ -1222,7 +1229,28 @@ class _Totals:
             "coalesce(sum(duplicates_skipped), 0), coalesce(sum(lines_rejected), 0) FROM pe_stats"
         ).fetchone()
         days = [r[0] for r in conn.execute("SELECT DISTINCT day FROM pe_days ORDER BY day").fetchall()]
-        return cls(*(int(v) for v in row), days=days, quarantined={k: reason for k, (reason, _) in quarantined.items()})
+        duplicate_keys, missing_required = conn.execute("SELECT * FROM pe_run_checks").fetchone()
+        return cls(
+            *(int(v) for v in row),
+            days=days,
+            quarantined={k: reason for k, (reason, _) in quarantined.items()},
+            duplicate_keys=int(duplicate_keys),
+            missing_required=int(missing_required),
+        )
+
+
+def _used(statement: str, parameters: dict[str, Any]) -> dict[str, Any]:
+    """The ``parameters`` a statement names (DuckDB refuses a named parameter the statement does not use)."""
+    return {name: value for name, value in parameters.items() if re.search(rf"\${name}\b", statement)}
+
+
+def _days(days: Sequence[date]) -> dict[str, Any]:
+    """The parameters ``$days``, ``$first_day`` and ``$last_day`` of a statement that reads only ``days``.
+
+    The range lets zone maps skip the row groups of other days; the list keeps the days in it exactly.
+    """
+    ordered = sorted(days)
+    return {"days": ordered, "first_day": ordered[0] if ordered else None, "last_day": ordered[-1] if ordered else None}
 
 
 def _check_accounting(conn: duckdb.DuckDBPyConnection) -> None:

@@ -191,6 +191,12 @@ TABLES: dict[str, tuple[Column, ...]] = {
     base.PULLS: (
         *ENVELOPE,
         _s("repository", "copy of body.repository at top level: BigQuery clusters only on top-level columns"),
+        Column(
+            "day",
+            "DATE",
+            "UTC day of body.when: the partitioning column, and the day daily_pulls counts the pull in. A "
+            "redelivered event carries the same body.when, so (event_source, event_id) is de-duplicated within it",
+        ),
         ACTOR,
         PULL_BODY,
         *LINEAGE,
@@ -231,7 +237,29 @@ TABLES: dict[str, tuple[Column, ...]] = {
         _i("errors", "events with an error"),
         _i("unique_actors", "distinct actor.subject"),
         _i("unique_clients", "distinct body.remote_address"),
-        Column("computed_at", "TIMESTAMP"),
+        Column("first_pull", "DATETIME", "earliest body.when of the day"),
+        Column("last_pull", "DATETIME", "latest body.when of the day"),
+        Column("computed_at", "TIMESTAMP", "when the day was last recomputed"),
+    ),
+    # The repository summary's state, maintained with daily_pulls as days are recomputed (docs/derived-tables.md):
+    # the distinct actors, clients and tags of each repository per day, and over all days.
+    base.DAILY_VALUES: (
+        Column("day", "DATE", "UTC day of body.when", "REQUIRED"),
+        Column("repository", "STRING", mode="REQUIRED"),
+        Column("kind", "STRING", "actor (actor.subject), client (body.remote_address) or tag (body.tag)", "REQUIRED"),
+        Column("value", "STRING", mode="REQUIRED"),
+        _i("image_pulls", "the day's image pulls of the tag (tags only; a tag is listed only when it has some)"),
+    ),
+    base.REPOSITORY_VALUES: (
+        Column("repository", "STRING", mode="REQUIRED"),
+        Column("kind", "STRING", "actor, client or tag", "REQUIRED"),
+        Column("value", "STRING", mode="REQUIRED"),
+        _i("days", "days on which daily_repository_values lists it: the row goes when this reaches 0"),
+        _i("image_pulls", "image pulls of the tag over all days (tags only)"),
+    ),
+    base.SUMMARY_PENDING: (
+        Column("repository", "STRING", "a repository whose days changed since the summary last read them", "REQUIRED"),
+        Column("marked_at", "TIMESTAMP"),
     ),
     base.REPOSITORY_SUMMARY: (
         Column("repository", "STRING", mode="REQUIRED"),
@@ -245,11 +273,18 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column(
             "last_seen",
             "DATETIME",
-            "latest body.when up to computed_at + PULL_EVENTS_FUTURE_TOLERANCE_S; pulls dated later count in no "
-            "time-based column (a check flags them); NULL when every pull of the repository is dated later",
+            "latest body.when among pulls dated up to the UTC day of computed_at + PULL_EVENTS_FUTURE_TOLERANCE_S "
+            "(the horizon day); pulls dated on later days count in no time-based column (a check flags them); NULL "
+            "when every pull of the repository is dated later",
         ),
-        _i("image_pulls_last_7d", "image pulls dated in the 7 days before computed_at, or after it up to that limit"),
-        _i("image_pulls_last_30d", "image pulls dated in the 30 days before computed_at, or after it up to that limit"),
+        _i(
+            "image_pulls_last_7d",
+            "image pulls dated on the 7 UTC days ending with computed_at's day (or on the horizon day, if later)",
+        ),
+        _i(
+            "image_pulls_last_30d",
+            "image pulls dated on the 30 UTC days ending with computed_at's day (or on the horizon day, if later)",
+        ),
         Column(
             "top_tags",
             "RECORD",
@@ -258,10 +293,5 @@ TABLES: dict[str, tuple[Column, ...]] = {
             fields=(_s("tag"), _i("image_pulls")),
         ),
         Column("computed_at", "TIMESTAMP"),
-    ),
-    base.REFRESH_STATE: (
-        Column("table_name", "STRING", mode="REQUIRED"),
-        Column("loaded_through", "TIMESTAMP", "max loaded_at of the pull table consumed by the last refresh"),
-        Column("refreshed_at", "TIMESTAMP"),
     ),
 }

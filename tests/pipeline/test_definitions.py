@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -21,7 +22,10 @@ from pull_events_dagster.defs.assets import (
     SUMMARY_KEY,
     WAREHOUSE_POOL,
 )
+from pull_events_dagster.defs.checks import AUDIT_CHECK_KEYS, AUDIT_JOB, AUDIT_SCHEDULE, SUMMARY_MATCHES
+from pull_events_dagster.defs.derived import DAILY_SENSOR, DERIVED_JOB
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
+from pull_events_dagster.defs.load_checks import LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB, RECONCILE_SCHEDULE
 from pull_events_dagster.defs.resources import (
     BigQueryWarehouseResource,
@@ -44,11 +48,17 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
     graph = defs.resolve_asset_graph()
     assert set(graph.get_all_asset_keys()) == ALL_KEYS
     assert {node.key: node.kinds for node in graph.asset_nodes} == {key: {"duckdb"} for key in ALL_KEYS}
-    # Every warehouse step (the four in the rebuild job: loader, checks, two derived tables) is in the one
-    # pool dagster.yaml limits to a single run.
-    rebuild = defs.resolve_job_def(REBUILD_JOB)
-    assert len(rebuild.graph.node_defs) == 4
-    assert {node.pool for node in rebuild.graph.node_defs} == {WAREHOUSE_POOL}
+    # Every warehouse step is in the one pool dagster.yaml limits to a single run.
+    steps = {node.name: node.pool for job in ALL_JOBS for node in defs.resolve_job_def(job).graph.node_defs}
+    steps |= {node.name: node.pool for node in defs.resolve_job_def(AUDIT_JOB).graph.node_defs}
+    steps |= {node.name: node.pool for node in defs.resolve_job_def(DERIVED_JOB).graph.node_defs}
+    assert steps == {
+        "load_landing_objects": WAREHOUSE_POOL,
+        "warehouse_checks": WAREHOUSE_POOL,
+        f"{SUMMARY_KEY.to_python_identifier()}_{SUMMARY_MATCHES}": WAREHOUSE_POOL,
+        DAILY_PULLS_KEY.to_python_identifier(): WAREHOUSE_POOL,
+        SUMMARY_KEY.to_python_identifier(): WAREHOUSE_POOL,
+    }
     pulls = graph.get(PULLS_KEY)
     # No freshness policy: a quiet registry is not an incident. The load-lag check (an unloaded object is) runs in
     # the reconciliation job only, since it lists days of landing objects; loads and rebuilds leave it out.
@@ -56,19 +66,41 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
     assert LOAD_LAG_CHECK_KEY in graph.asset_check_keys
     checks_of = {job: defs.resolve_job_def(job).asset_layer.asset_graph.asset_check_keys for job in ALL_JOBS}
     assert [job for job in ALL_JOBS if LOAD_LAG_CHECK_KEY in checks_of[job]] == [RECONCILE_JOB]
-    for key in (DAILY_PULLS_KEY, SUMMARY_KEY):
-        assert graph.get(key).automation_condition == dg.AutomationCondition.eager()
-        assert graph.get(key).parent_keys == {PULLS_KEY}
+    # Loads judge their own rows; the whole-table audits run in their own job only.
+    load_checks = {dg.AssetCheckKey(PULLS_KEY, name) for name in (LOADED_UNIQUE, LOADED_COMPLETE, LOADED_DATED)}
+    for job in ALL_JOBS:
+        assert load_checks <= checks_of[job]
+        assert not set(AUDIT_CHECK_KEYS) & checks_of[job]
+    assert set(defs.resolve_job_def(AUDIT_JOB).asset_layer.asset_graph.asset_check_keys) >= set(AUDIT_CHECK_KEYS)
     load = defs.resolve_job_def(LOAD_JOB)
-    assert {n.name for n in load.graph.node_defs} == {"load_landing_objects", "warehouse_checks"}
+    assert {n.name for n in load.graph.node_defs} == {"load_landing_objects"}
+
+
+def test_daily_pulls_is_partitioned_by_day_and_the_summary_follows_it(defs: dg.Definitions) -> None:
+    graph = defs.resolve_asset_graph()
+    daily, summary = graph.get(DAILY_PULLS_KEY), graph.get(SUMMARY_KEY)
+    partitions = daily.partitions_def
+    assert isinstance(partitions, dg.DailyPartitionsDefinition)
+    assert partitions.get_first_partition_key() == "2024-01-01"
+    assert partitions.get_partition_keys(current_time=datetime(2026, 12, 1, 13, tzinfo=UTC))[-1] == "2026-12-01"
+    assert daily.backfill_policy == dg.BackfillPolicy.single_run()
+    # Recomputed by the days each load touched (the daily sensor), never by a change of the whole pull table.
+    assert daily.automation_condition is None
+    assert daily.parent_keys == {PULLS_KEY}
+    assert summary.partitions_def is None
+    assert summary.parent_keys == {DAILY_PULLS_KEY}
+    assert summary.automation_condition is not None
 
 
 def test_sensors_start_running_without_a_click(defs: dg.Definitions) -> None:
-    for name in (LANDING_SENSOR, AUTOMATION_SENSOR):
+    for name in (LANDING_SENSOR, DAILY_SENSOR, AUTOMATION_SENSOR):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
     reconcile = defs.resolve_schedule_def(RECONCILE_SCHEDULE)
     assert reconcile.default_status == dg.DefaultScheduleStatus.RUNNING
     assert (reconcile.job_name, reconcile.cron_schedule) == (RECONCILE_JOB, "*/15 * * * *")
+    audit = defs.resolve_schedule_def(AUDIT_SCHEDULE)
+    assert audit.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert (audit.job_name, audit.cron_schedule, audit.execution_timezone) == (AUDIT_JOB, "17 3 * * *", "UTC")
 
 
 def test_the_same_definitions_serve_a_bucket_and_bigquery() -> None:

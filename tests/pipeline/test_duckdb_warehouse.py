@@ -426,8 +426,10 @@ def test_tables_are_created_when_missing_and_ddl_is_idempotent(warehouse: DuckDB
             base.LOADED_OBJECTS,
             base.QUARANTINED,
             base.DAILY_PULLS,
+            base.DAILY_VALUES,
+            base.REPOSITORY_VALUES,
+            base.SUMMARY_PENDING,
             base.REPOSITORY_SUMMARY,
-            base.REFRESH_STATE,
         ]
     )
     columns = dict(warehouse.column_schema(base.PULLS))
@@ -435,6 +437,7 @@ def test_tables_are_created_when_missing_and_ddl_is_idempotent(warehouse: DuckDB
     assert columns["event_time"] == "TIMESTAMP WITH TIME ZONE"
     assert '"aws-arn" VARCHAR' in columns["actor"]
     assert '"when" TIMESTAMP' in columns["body"]
+    assert columns["day"] == "DATE"
     warehouse.drop_all()
     remaining = "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s"
     assert rows(warehouse, remaining, {"s": base.DATASET}) == [(0,)]
@@ -448,30 +451,35 @@ def test_late_events_recompute_only_their_days(store: LocalLandingStore, warehou
         pull_event(facts("c", when=d3, method="HEAD")),
     ]
     k1 = write_object(store, PULL_TYPE, first, T0, sequence=1)
-    warehouse.load_objects(store, objects(store, k1), "run-1")
-    refreshed = warehouse.refresh_daily_pulls()
-    assert refreshed.days_recomputed == [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)]
+    loaded = warehouse.load_objects(store, objects(store, k1), "run-1")
+    assert loaded.affected_days == [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)]
+    refreshed = warehouse.refresh_daily_pulls(loaded.affected_days)
+    assert refreshed.rows_per_day == dict.fromkeys(loaded.affected_days, 1)
+    assert (refreshed.repositories_marked, refreshed.table_rows) == (1, 3)
     before = {r[0]: r for r in rows(warehouse, f"SELECT day, events, image_pulls, computed_at FROM {DAILY}")}
 
-    nothing_new = warehouse.refresh_daily_pulls()
-    assert (nothing_new.days_recomputed, nothing_new.rows_written, nothing_new.table_rows) == ([], 0, 3)
+    # Recomputing a day again changes nothing but its computed_at, and marks no repository for the summary.
+    warehouse.refresh_repository_summary()
+    again_same = warehouse.refresh_daily_pulls([date(2026, 11, 11)])
+    assert (again_same.rows_per_day, again_same.repositories_marked) == ({date(2026, 11, 11): 1}, 0)
 
     # Two days later an event of the 10th arrives (a slow delivery), plus a redelivery of one of the 11th.
     late = [pull_event(facts("late", when=d1 + timedelta(hours=3), client="10.0.0.2")), first[1]]
     k2 = write_object(store, PULL_TYPE, late, T0 + timedelta(days=2), sequence=2)
     loaded = warehouse.load_objects(store, objects(store, k2), "run-2")
     assert loaded.affected_days == [date(2026, 11, 10)]
-    again = warehouse.refresh_daily_pulls()
+    again = warehouse.refresh_daily_pulls(loaded.affected_days)
+    assert (again.rows_per_day, again.repositories_marked) == ({date(2026, 11, 10): 1}, 1)
 
-    assert again.days_recomputed == [date(2026, 11, 10)]
     after = {
         r[0]: r for r in rows(warehouse, f"SELECT day, events, image_pulls, computed_at, unique_clients FROM {DAILY}")
     }
     assert after[date(2026, 11, 10)][1:3] == (2, 2)
     assert after[date(2026, 11, 10)][4] == 2
     assert after[date(2026, 11, 10)][3] > before[date(2026, 11, 10)][3]
-    for untouched in (date(2026, 11, 11), date(2026, 11, 12)):
-        assert after[untouched][:4] == before[untouched]  # same figures, same computed_at: not recomputed
+    assert after[date(2026, 11, 12)][:4] == before[date(2026, 11, 12)]  # same figures, same computed_at
+    # A day without pulls recomputes to nothing, and a day is never read for another's sake.
+    assert warehouse.refresh_daily_pulls([date(2026, 11, 20)]).rows_per_day == {date(2026, 11, 20): 0}
 
 
 def test_derived_tables_match_figures_computed_independently(
@@ -493,9 +501,9 @@ def test_derived_tables_match_figures_computed_independently(
     landed = synthetic_landing(store, spec)
     listed = sorted(store.list_all(), key=lambda o: o.key)
     for start in range(0, len(listed), 5):  # several loads, as several sensor runs would do
-        warehouse.load_objects(store, listed[start : start + 5], f"run-{start}")
-    warehouse.refresh_daily_pulls()
-    warehouse.refresh_repository_summary()
+        loaded = warehouse.load_objects(store, listed[start : start + 5], f"run-{start}")
+        warehouse.refresh_daily_pulls(loaded.affected_days)
+        warehouse.refresh_repository_summary()
 
     assert len(ids(warehouse)) == landed.pull_count == len(landed.pulls)
     assert rows(warehouse, f"SELECT count(*) FROM {EVENTS}") == [(landed.other_events,)]
@@ -514,7 +522,7 @@ def test_derived_tables_match_figures_computed_independently(
         f"""SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
             last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {SUMMARY} ORDER BY repository""",
     )
-    [(refreshed_at,)] = rows(warehouse, f"SELECT DISTINCT computed_at FROM {SUMMARY}")
+    [(refreshed_at,)] = rows(warehouse, f"SELECT max(computed_at) FROM {SUMMARY}")  # incremental: rows differ
     expected = expected_summary(landed.pulls, refreshed_at)
     assert [r[:4] + r[5:] for r in actual_summary] == [e[:4] + e[5:] for e in expected]
     assert [r[4] for r in actual_summary] == pytest.approx([e[4] for e in expected])
@@ -543,9 +551,13 @@ def expected_daily(pulls: list[PullFacts]) -> list[tuple]:
 def expected_summary(
     pulls: list[PullFacts], refreshed_at: datetime, tolerance: timedelta = base.FUTURE_TOLERANCE
 ) -> list[tuple]:
-    """The summary refreshed at ``refreshed_at`` (its computed_at): time figures ignore pulls dated past the horizon."""
-    now = refreshed_at.astimezone(UTC).replace(tzinfo=None)  # body.when is UTC civil time
-    horizon = now + tolerance
+    """The summary refreshed at ``refreshed_at`` (its computed_at), computed in Python from the pulls.
+
+    Time figures count whole UTC days: the windows end with the horizon day (the day of the refresh plus the
+    tolerance), and pulls dated on later days count in none of them.
+    """
+    now = refreshed_at.astimezone(UTC)
+    today, horizon_day = now.date(), (now + tolerance).date()
     groups: dict[str, list[PullFacts]] = defaultdict(list)
     for p in pulls:
         groups[p.repository].append(p)
@@ -554,6 +566,7 @@ def expected_summary(
         errors = sum(p.error_status is not None for p in ps)
         tags = Counter(p.tag for p in ps if p.image_pull and p.tag is not None)
         top = sorted(tags.items(), key=lambda item: (-item[1], item[0]))[:5]
+        plausible = [p for p in ps if p.when.date() <= horizon_day]
         out.append(
             (
                 repo,
@@ -563,10 +576,10 @@ def expected_summary(
                 errors / len(ps),
                 len({p.actor for p in ps}),
                 len({p.remote_address for p in ps}),
-                min((p.when for p in ps if p.when <= horizon), default=None),
-                max((p.when for p in ps if p.when <= horizon), default=None),
-                sum(p.image_pull and now - timedelta(days=7) < p.when <= horizon for p in ps),
-                sum(p.image_pull and now - timedelta(days=30) < p.when <= horizon for p in ps),
+                min((p.when for p in plausible), default=None),
+                max((p.when for p in plausible), default=None),
+                sum(p.image_pull and today - timedelta(days=6) <= p.when.date() for p in plausible),
+                sum(p.image_pull and today - timedelta(days=29) <= p.when.date() for p in plausible),
                 [{"tag": tag, "image_pulls": n} for tag, n in top],
             )
         )

@@ -1,11 +1,12 @@
-"""The whole pipeline in process: landed objects -> sensor ticks -> load runs -> automation -> derived tables.
+"""The whole pipeline in process: landed objects -> sensor ticks -> load runs -> daily sensor -> derived tables.
 
-Runs are executed exactly as the sensor and the automation sensor request them, against a real Dagster
-instance, a real landing directory (or fake-gcs-server bucket) and a real DuckDB file.
+Runs are executed exactly as the sensors request them, against a real Dagster instance, a real landing
+directory (or fake-gcs-server bucket) and a real DuckDB file.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,14 +24,18 @@ from pull_events_dagster.defs.assets import (
     SUMMARY_KEY,
 )
 from pull_events_dagster.defs.checks import (
+    AUDIT_JOB,
     FUTURE_DATED,
     RAW_EVENT_RATE,
     RECONCILED,
     REJECTED_RATE,
     REQUIRED,
+    SUMMARY_MATCHES,
     UNIQUE,
 )
+from pull_events_dagster.defs.derived import DAILY_SENSOR, DERIVED_JOB
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
+from pull_events_dagster.defs.load_checks import LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE
 from pull_events_dagster.defs.reconcile import RECONCILE_JOB
 from pull_events_dagster.defs.sensors import LANDING_SENSOR
 from pull_events_dagster.warehouse import base
@@ -69,17 +74,33 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, requests: list) -
     ]
 
 
+def derive(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> tuple[list[dg.RunRequest], list[dg.ExecuteInProcessResult], str]:
+    """One tick of the daily sensor, and the derived-table runs it requests, run as the daemon would."""
+    with dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs) as context:
+        result = defs.resolve_sensor_def(DAILY_SENSOR)(context)
+    requests = list(result.run_requests or [])
+    job = defs.resolve_job_def(DERIVED_JOB)
+    runs = [job.execute_in_process(instance=instance, partition_key=r.partition_key, tags=r.tags) for r in requests]
+    assert all(run.success for run in runs)
+    return requests, runs, result.cursor or ""
+
+
 def automate(defs: dg.Definitions, instance: dg.DagsterInstance, cursor=None):
-    """One automation tick for the derived tables, and the run it requests."""
+    """One automation tick: which derived tables it would refresh."""
     evaluation = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-    requested = [key for key in DERIVED_KEYS if evaluation.get_num_requested(key)]
-    run = None
-    if requested:
-        run = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=instance, asset_selection=requested
-        )
-        assert run.success
-    return evaluation, requested, run
+    return evaluation, [key for key in DERIVED_KEYS if evaluation.get_num_requested(key)]
+
+
+def day_metadata(runs: list[dg.ExecuteInProcessResult]) -> dict[str, dict]:
+    """The metadata of each day partition of daily_pulls the runs materialized."""
+    return {
+        m.materialization.partition: {k: v.value for k, v in m.materialization.metadata.items()}
+        for run in runs
+        for m in run.get_asset_materialization_events()
+        if m.asset_key == DAILY_PULLS_KEY
+    }
 
 
 def metadata(run: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
@@ -112,36 +133,35 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
         commit_spacing=timedelta(seconds=1),
     )
     landed = synthetic_landing(store, spec)
-    # The automation sensor ticks from the start, before anything is loaded: nothing to do yet.
-    evaluation, requested, _ = automate(defs, instance)
+    # The daily sensor ticks from the start, before anything is loaded: nothing to do yet.
+    day_requests, _, day_cursor = derive(defs, instance, None)
+    assert day_requests == []
+    evaluation, requested = automate(defs, instance)
     assert requested == []
 
     requests, cursor = sensor_tick(defs, instance, None)
     assert max(len(r.run_config["ops"]["load_landing_objects"]["config"]["objects"]) for r in requests) == 3
     runs = launch(defs, instance, requests)
     assert all(run.success for run in runs)
+    # Each load judges its own rows; no load runs the whole-table audits.
     checks = [e for run in runs for e in run.get_asset_check_evaluations()]
-    assert len(checks) == 6 * len(runs)
-    assert all(e.passed for e in checks if e.check_name in (UNIQUE, REQUIRED, RECONCILED, FUTURE_DATED))
-    [rate] = [e for e in runs[-1].get_asset_check_evaluations() if e.check_name == REJECTED_RATE]
-    assert rate.metadata["rejected_lines"].value == len(landed.rejected)
-    assert rate.metadata["total_lines"].value == landed.lines
-    assert len(landed.rejected) / landed.lines > 0.01  # above the default threshold: the check says so
-    assert (rate.passed, rate.severity) == (False, dg.AssetCheckSeverity.WARN)
-    [raw] = [e for e in runs[-1].get_asset_check_evaluations() if e.check_name == RAW_EVENT_RATE]
-    assert (raw.metadata["rows_with_raw_event"].value, raw.metadata["pull_rows"].value) == (
-        landed.with_extra_fields,
-        landed.pull_count,
+    assert sorted({e.check_name for e in checks}) == sorted([LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE])
+    assert len(checks) == 3 * len(runs) and all(e.passed for e in checks)
+    assert sum(e.metadata["rows_written"].value for e in checks if e.check_name == LOADED_UNIQUE) == (
+        landed.pull_count + landed.other_events
     )
-    assert 0 < landed.with_extra_fields / landed.pull_count <= 0.1  # under the default threshold
-    assert raw.passed
-    assert raw.metadata["keys_without_column"].value == {
-        "chainguarddev1delivery": landed.with_extra_fields,
-        "data.body.future_field": landed.with_extra_fields,
-    }
 
-    evaluation, requested, derived_run = automate(defs, instance, evaluation.cursor)
-    assert requested == list(DERIVED_KEYS)
+    # The daily sensor asks for the days the loads touched (contiguous days: one run), with the summary after them.
+    days = sorted({p.when.date().isoformat() for p in landed.pulls})
+    day_requests, derived_runs, day_cursor = derive(defs, instance, day_cursor)
+    assert [(r.partition_key, r.tags.get("dagster/asset_partition_range_start")) for r in day_requests] == [
+        (None, days[0])
+    ]
+    assert day_requests[0].tags["dagster/asset_partition_range_end"] == days[-1]
+    [derived_run] = derived_runs
+    # The summary was refreshed in that run: the automation has nothing more to do.
+    evaluation, requested = automate(defs, instance, evaluation.cursor)
+    assert requested == []
 
     assert rows(warehouse, f"SELECT count(*) FROM {PULLS}") == [(landed.pull_count,)]
     assert rows(
@@ -154,7 +174,7 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
         f"""SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
             last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {SUMMARY} ORDER BY repository""",
     )
-    [(refreshed_at,)] = rows(warehouse, f"SELECT DISTINCT computed_at FROM {SUMMARY}")
+    [(refreshed_at,)] = rows(warehouse, f"SELECT max(computed_at) FROM {SUMMARY}")
     expected = expected_summary(landed.pulls, refreshed_at)
     assert [r[:4] + r[5:] for r in summary] == [e[:4] + e[5:] for e in expected]
     assert [r[4] for r in summary] == pytest.approx([e[4] for e in expected])
@@ -165,24 +185,31 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
     assert sum(m["duplicates_skipped"] for m in loaded) == landed.duplicates
     assert sum(m["lines_rejected"] for m in loaded) == len(landed.rejected)
     assert loaded[-1]["dagster/row_count"] == landed.pull_count
+    assert loaded[-1]["dagster/table_name"] == f"{base.DATASET}.{base.PULLS}"
     assert [c.name for c in loaded[-1]["dagster/column_schema"].columns][:3] == [
         "event_id",
         "event_source",
         "event_type",
     ]
     assert metadata(runs[-1], REJECTED_KEY)["dagster/row_count"] == len(landed.rejected)
-    daily_meta = metadata(derived_run, DAILY_PULLS_KEY)
-    assert daily_meta["days_recomputed"] == sorted({p.when.date().isoformat() for p in landed.pulls})
-    assert daily_meta["dagster/row_count"] == len(expected_daily(landed.pulls))
+    # Every day is a partition, materialized in that one run; the table's figures ride along.
+    assert sorted(day_metadata(derived_runs)) == days
+    per_day = Counter((p.when.date().isoformat(), p.repository) for p in landed.pulls)
+    run_meta = next(iter(day_metadata(derived_runs).values()))
+    assert run_meta["rows_per_day"] == {day: sum(1 for d, _ in per_day if d == day) for day in days}
+    assert run_meta["dagster/row_count"] == len(expected_daily(landed.pulls))
+    assert instance.get_materialized_partitions(DAILY_PULLS_KEY) == set(days)
     assert metadata(derived_run, SUMMARY_KEY)["dagster/row_count"] == 4
+    assert metadata(derived_run, SUMMARY_KEY)["repositories_recomputed"] == 4
 
     # Nothing new: no load, no refresh.
     requests, cursor = sensor_tick(defs, instance, cursor)
     assert requests == []
-    evaluation, requested, _ = automate(defs, instance, evaluation.cursor)
-    assert requested == []
+    day_requests, _, day_cursor = derive(defs, instance, day_cursor)
+    assert day_requests == []
 
-    # A late event for the first day, and a redelivery, land: only that day is recomputed.
+    # A late event for the first day, and a redelivery, land: only that day is recomputed, in a run of its own
+    # that counts its rows, and only its repository's summary row.
     first_day = min(p.when for p in landed.pulls).date()
     late = pull_event(facts("late-1", when=datetime.combine(first_day, datetime.min.time()) + timedelta(hours=23)))
     write_object(store, PULL_TYPE, [late, late], datetime.now(UTC), instance="late", sequence=1)
@@ -190,12 +217,37 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
     [late_run] = launch(defs, instance, requests)
     assert metadata(late_run, PULLS_KEY)["events_loaded"] == 1
     assert metadata(late_run, PULLS_KEY)["duplicates_skipped"] == 1
-    evaluation, requested, derived_run = automate(defs, instance, evaluation.cursor)
-    assert requested == list(DERIVED_KEYS)
-    assert metadata(derived_run, DAILY_PULLS_KEY)["days_recomputed"] == [first_day.isoformat()]
+    day_requests, derived_runs, day_cursor = derive(defs, instance, day_cursor)
+    assert [r.partition_key for r in day_requests] == [first_day.isoformat()]
+    [(late_day, late_meta)] = day_metadata(derived_runs).items()
+    repositories_that_day = len({r for d, r in per_day if d == first_day.isoformat()} | {"acme.dev/python"})
+    assert (late_day, late_meta["dagster/partition_row_count"]) == (first_day.isoformat(), repositories_that_day)
+    assert metadata(derived_runs[0], SUMMARY_KEY)["repositories_recomputed"] == 1
     assert rows(
         warehouse, f"SELECT events FROM {DAILY} WHERE day = $d AND repository = 'acme.dev/python'", {"d": first_day}
     ) == [(1,)]
+
+    # The scheduled audits judge the whole tables, the summary against a recompute from the pull table.
+    audit = defs.resolve_job_def(AUDIT_JOB).execute_in_process(instance=instance)
+    verdicts = {e.check_name: e for e in audit.get_asset_check_evaluations()}
+    assert all(verdicts[name].passed for name in (UNIQUE, REQUIRED, RECONCILED, FUTURE_DATED, SUMMARY_MATCHES))
+    assert verdicts[SUMMARY_MATCHES].metadata["repositories_compared"].value == 5
+    rate = verdicts[REJECTED_RATE]
+    assert rate.metadata["rejected_lines"].value == len(landed.rejected)
+    assert rate.metadata["total_lines"].value == landed.lines + 2
+    assert len(landed.rejected) / landed.lines > 0.01  # above the default threshold: the check says so
+    assert (rate.passed, rate.severity) == (False, dg.AssetCheckSeverity.WARN)
+    raw = verdicts[RAW_EVENT_RATE]
+    assert (raw.metadata["rows_with_raw_event"].value, raw.metadata["pull_rows"].value) == (
+        landed.with_extra_fields,
+        landed.pull_count + 1,
+    )
+    assert 0 < landed.with_extra_fields / landed.pull_count <= 0.1  # under the default threshold
+    assert raw.passed
+    assert raw.metadata["keys_without_column"].value == {
+        "chainguarddev1delivery": landed.with_extra_fields,
+        "data.body.future_field": landed.with_extra_fields,
+    }
 
 
 def test_rerunning_a_load_run_loads_nothing_twice(
@@ -254,20 +306,30 @@ def test_rebuilding_from_the_landing_zone_yields_identical_tables(
         other_type_rate=0.05,
         committed_from=datetime.now(UTC) - timedelta(minutes=5),
     )
-    synthetic_landing(store, spec)
-    evaluation, _, _ = automate(defs, instance)
+    landed = synthetic_landing(store, spec)
     requests, _ = sensor_tick(defs, instance, None)
     assert all(run.success for run in launch(defs, instance, requests))
-    _, requested, _ = automate(defs, instance, evaluation.cursor)
-    assert requested == list(DERIVED_KEYS)
+    _, derived_runs, day_cursor = derive(defs, instance, None)
+    assert derived_runs
     before = snapshot(warehouse)
-    assert all(before[t] for t in (base.PULLS, base.EVENTS, base.REJECTED, base.DAILY_PULLS, base.REPOSITORY_SUMMARY))
+    derived = (base.DAILY_PULLS, base.DAILY_VALUES, base.REPOSITORY_VALUES, base.REPOSITORY_SUMMARY)
+    assert all(before[t] for t in (base.PULLS, base.EVENTS, base.REJECTED, *derived))
+    assert before[base.SUMMARY_PENDING] == []
 
     rebuild = defs.resolve_job_def(REBUILD_JOB).execute_in_process(instance=instance)
 
     assert rebuild.success
     assert metadata(rebuild, PULLS_KEY)["rebuild"] is True
     assert snapshot(warehouse) == before
+    # The rebuild computed the derived tables itself and says so: every day partition, with its row count, and
+    # the summary. The daily sensor does not recompute them again.
+    days = sorted({p.when.date().isoformat() for p in landed.pulls})
+    assert sorted(day_metadata([rebuild])) == days
+    assert {day: meta["dagster/partition_row_count"] for day, meta in day_metadata([rebuild]).items()} == dict(
+        Counter(day.isoformat() for (day,) in rows(warehouse, f"SELECT day FROM {DAILY}"))
+    )
+    assert metadata(rebuild, SUMMARY_KEY)["dagster/row_count"] == 3
+    assert derive(defs, instance, day_cursor)[0] == []
     shadow = base.DATASET + base.SHADOW_SUFFIX  # built beside the tables, dropped once swapped in
     assert rows(warehouse, "SELECT * FROM information_schema.schemata WHERE schema_name = $s", {"s": shadow}) == []
 
@@ -307,9 +369,10 @@ def test_pulls_dated_beyond_the_configured_tolerance_fail_a_warning_check_that_n
 
     requests, _ = sensor_tick(defs, instance, None)
     [run] = launch(defs, instance, requests)
-
     assert run.success
-    [check] = [e for e in run.get_asset_check_evaluations() if e.check_name == FUTURE_DATED]
+    audit = defs.resolve_job_def(AUDIT_JOB).execute_in_process(instance=instance)
+
+    [check] = [e for e in audit.get_asset_check_evaluations() if e.check_name == FUTURE_DATED]
     assert (check.passed, check.severity) == (False, dg.AssetCheckSeverity.WARN)
     assert (check.metadata["future_dated_pulls"].value, check.metadata["tolerance_seconds"].value) == (2, 86400)
     assert check.metadata["examples"].value.splitlines()[2:] == [

@@ -1,4 +1,4 @@
-"""The warehouses' SQL, one file per statement and dialect: ``sql/duckdb/<name>.sql`` beside ``sql/bigquery/<name>.sql``.
+"""The warehouses' SQL, one file per job and dialect: ``sql/duckdb/<name>.sql`` beside ``sql/bigquery/<name>.sql``.
 
 A reviewer reads the two engines' versions of a statement side by side. Files hold only what varies per
 deployment as ``{{placeholder}}`` (table names, rendered fragments such as the rejection rules); values are
@@ -16,6 +16,8 @@ Dialect = Literal["duckdb", "bigquery"]
 
 _HERE = Path(__file__).parent
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+# A file of several statements names each on a line of its own: ``-- name: <statement>``.
+_NAME = re.compile(r"^-- name: ([a-z_]+)\s*$", re.MULTILINE)
 
 
 @cache
@@ -32,3 +34,14 @@ def statement(dialect: Dialect, name: str, **fragments: str) -> str:
         missing, extra = sorted(wanted - set(fragments)), sorted(set(fragments) - wanted)
         raise KeyError(f"sql/{dialect}/{name}.sql: placeholders missing {missing}, unknown {extra}")
     return _PLACEHOLDER.sub(lambda match: fragments[match.group(1)], text)
+
+
+def statements(dialect: Dialect, name: str, **fragments: str) -> dict[str, str]:
+    """The statements of ``sql/<dialect>/<name>.sql`` by their ``-- name:`` lines, in file order, filled in."""
+    text = statement(dialect, name, **fragments)
+    parts = _NAME.split(text)
+    # parts: [text before the first name, name, body, name, body, ...]
+    named = {parts[index]: parts[index + 1].strip().rstrip(";") for index in range(1, len(parts), 2)}
+    if not named:
+        raise KeyError(f"sql/{dialect}/{name}.sql names no statement (-- name: ...)")
+    return named
