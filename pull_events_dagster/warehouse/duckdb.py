@@ -341,6 +341,8 @@ class DuckDBWarehouse(base.Warehouse):
         self.download_dir = download_dir
         self.max_line_bytes = max_line_bytes
         self.future_tolerance = future_tolerance  # pulls dated further ahead of now count in no time window
+        # The tables were made or checked by this object (one asset's work): later calls skip the DDL.
+        self._tables_ready = False
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -393,10 +395,13 @@ class DuckDBWarehouse(base.Warehouse):
     # -- Warehouse ---------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
+        self._tables_ready = False
         with self.session() as conn:
             self._ensure_tables(conn)
 
     def _ensure_tables(self, conn: duckdb.DuckDBPyConnection) -> None:
+        if self._tables_ready:
+            return
         conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(self.schema)}")
         for table in TABLES:
             conn.execute(table_ddl(self.schema, table))
@@ -426,6 +431,7 @@ class DuckDBWarehouse(base.Warehouse):
                         "WHERE raw_event IS NOT NULL",
                         {"path": f'$."{LINE_KEY_OF_COLUMN[column.name]}"'},
                     )
+        self._tables_ready = True
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
         if not keys:
@@ -1163,6 +1169,7 @@ class DuckDBWarehouse(base.Warehouse):
         return [(name, kind) for name, kind in rows]
 
     def drop_all(self) -> None:
+        self._tables_ready = False
         with self.session() as conn:
             for table in TABLES:
                 conn.execute(f"DROP TABLE IF EXISTS {self._table(table)}")
@@ -1178,6 +1185,7 @@ class DuckDBWarehouse(base.Warehouse):
         self.drop_shadow()
         shadow = copy.copy(self)  # every setting of this warehouse, on another schema
         shadow.schema = self.schema + base.SHADOW_SUFFIX
+        shadow._tables_ready = False
         return shadow
 
     def swap_in(self, shadow: base.Warehouse) -> None:
