@@ -94,12 +94,19 @@ class WarehouseResource(dg.ConfigurableResource, ABC):
 
 
 class DuckDBWarehouseResource(WarehouseResource):
-    """A DuckDB file, opened through dagster-duckdb only while an asset or check works on it."""
+    """A DuckDB file, opened with dagster-duckdb's settings only while an asset or check works on it.
+
+    The warehouse connects with the ``duckdb`` resource's database and connection_config, one attempt at a time,
+    and waits for a locked file itself (``DuckDBWarehouse.session``): ``get_connection``'s own fixed back-off
+    (about 102 s, on any IO error) would run under that wait and make ``lock_timeout_seconds`` meaningless.
+    """
 
     duckdb: DuckDBResource
     lock_timeout_seconds: float = Field(
         default=600.0,
-        description="how long a load waits for another process (an analyst's session) to release the file",
+        ge=0,
+        description="how long a load waits for another process (an analyst's session) to release the file before "
+        "it fails (the sensor requests the batch again later); the wait is logged as a warning",
     )
     memory_limit: str = Field(default="512MB", description="DuckDB's memory cap while the pipeline works")
     chunk_megabytes: int = Field(default=64, description="how much of a remote batch a load downloads at a time")
@@ -109,7 +116,7 @@ class DuckDBWarehouseResource(WarehouseResource):
         if self.duckdb.database != ":memory:":
             Path(self.duckdb.database).parent.mkdir(parents=True, exist_ok=True)
         yield DuckDBWarehouse(
-            self.duckdb.get_connection,
+            self.duckdb,
             lock_timeout=self.lock_timeout_seconds,
             chunk_bytes=self.chunk_megabytes * 1024 * 1024,
             memory_limit=self.memory_limit,

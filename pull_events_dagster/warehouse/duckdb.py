@@ -15,9 +15,11 @@ A line's keys are counted (``json_keys``) against the fields its columns hold: o
 transaction writes the rows, the rejected lines and the ledger, after checking that every object's lines
 are each a row, a duplicate or rejected. No Python touches individual lines on the fast path.
 
-DuckDB admits one writer process per file. A process that holds the file open (an analyst's CLI, a
-notebook) makes ``connect`` fail with a lock error: connections are retried with backoff for
-``lock_timeout`` seconds before the load gives up (and the sensor retries the batch later).
+DuckDB admits one writer process per file. A process that holds the file open, even read-only (an analyst's
+CLI, a notebook), makes ``connect`` fail with a lock error at once. ``session`` is the one place that waits for the
+lock: it retries the connection with back-off, logs a warning that it is waiting and for how long at most, and gives
+up with ``WarehouseLocked`` once ``lock_timeout`` seconds have passed (the sensor retries the batch later). Any other
+connection error is raised at once.
 """
 
 from __future__ import annotations
@@ -30,14 +32,15 @@ import os
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import duckdb
 
@@ -60,6 +63,9 @@ from pull_events_dagster.warehouse.schema import (
     known_keys,
     nested_records,
 )
+
+if TYPE_CHECKING:
+    from dagster_duckdb import DuckDBResource
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +93,14 @@ _T = {path: index + 1 for index, path in enumerate(_TYPE_PATHS)}  # DuckDB lists
 _CIVIL_DATETIME = r"^\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,6})?)?$"
 
 _LOCK_ERROR_MARKERS = ("could not set lock", "conflicting lock")
+# DuckDB names the process holding the file: 'Conflicting lock is held in /usr/bin/python3 (PID 1234)'.
+_LOCK_HOLDER = re.compile(r"conflicting lock is held in (.*?) \(PID (\d+)\)", re.IGNORECASE)
+# The lock wait's back-off: from 50 ms, doubling up to 1 s. A refused connection costs a few milliseconds (the file
+# is opened and its lock asked for), so once a second is cheap, and a released file is taken within a second.
+_LOCK_RETRY_FIRST = 0.05
+_LOCK_RETRY_MAX = 1.0
+# A wait is logged when it starts and then this often, not at every retry.
+_LOCK_LOG_EVERY = 60.0
 _MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$")
 
 
@@ -295,6 +309,12 @@ class _CarefulStaging:
 class WarehouseLocked(RuntimeError):
     """The DuckDB file stayed locked by another process for longer than the lock timeout."""
 
+    # Defaults, so that unpickling (which calls the class with the message alone, then restores the attributes) works.
+    def __init__(self, message: str, *, waited: float = 0.0, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.waited = waited  # seconds actually waited
+        self.holder = holder  # 'PID 1234 (/usr/bin/python3)' as DuckDB names it, or None if it did not
+
 
 class LoadAccountingError(RuntimeError):
     """A load could not account for every line of an object: nothing of the load is written."""
@@ -310,18 +330,52 @@ class _Chunk:
     quarantined: dict[str, tuple[str, str]] = field(default_factory=dict)  # key -> (reason, detail)
 
 
+def connect_once(database: str, config: Mapping[str, Any] | None = None) -> Connect:
+    """One connection attempt to ``database``, read-write, made as dagster-duckdb's ``get_connection`` makes it but
+    without its retrying: ``DuckDBWarehouse.session`` owns the waiting for a locked file.
+
+    dagster-duckdb's back-off cannot serve here: it is fixed (10 retries from 0.1 s doubling, about 102 s of sleep
+    per call, whatever the caller's timeout) and retries every ``IOException``, so a file that is not a database or a
+    missing directory would also be retried for 102 s. Read-write like it: the pipeline writes, and a read-only
+    connection would not help (any other process's connection to the file blocks a writer, and DuckDB refuses to
+    open one file read-only and read-write in the same process).
+    """
+    # The same settings get_connection passes (it adds the user agent to the resource's connection_config).
+    settings = {"custom_user_agent": "dagster", **(config or {})}
+    return lambda: duckdb.connect(database, read_only=False, config=settings)
+
+
+def _one_attempt(connect: Connect | DuckDBResource) -> Connect:
+    """``connect`` as a single connection attempt: a ``DuckDBResource``, or its ``get_connection``, becomes
+    ``connect_once`` with the resource's database and connection_config, so its back-off never runs under
+    ``session``'s. Any other callable must make one attempt."""
+    # Looked up, not imported: the warehouse does not need Dagster, and while dagster_duckdb is not imported nothing
+    # can be one of its resources.
+    resource_type = getattr(sys.modules.get("dagster_duckdb"), "DuckDBResource", None)
+    resource = getattr(connect, "__self__", connect)
+    if (
+        resource_type is not None
+        and isinstance(resource, resource_type)
+        and (resource is connect or getattr(connect, "__func__", None) is resource_type.get_connection)
+    ):
+        return connect_once(resource.database, resource.connection_config)
+    return connect  # type: ignore[return-value]
+
+
 class DuckDBWarehouse(base.Warehouse):
     """Tables in one DuckDB file, loaded exactly once per (source, id).
 
-    ``connect`` returns a context-managed connection (``DuckDBResource.get_connection``); it is called
-    once per operation, so the file is held only while the pipeline is working. DuckDB's memory is capped
-    at ``memory_limit``: the staged lines spill to disk past it, so a load's memory does not grow with the
-    size of the batch or of the tables. Objects of a remote store are downloaded ``chunk_bytes`` at a time.
+    ``connect`` makes one attempt at a context-managed connection (``connect_once``); a ``DuckDBResource`` or its
+    ``get_connection`` is taken as ``connect_once`` with the resource's settings. It is called once per operation
+    (and again while the file is locked, see ``session``), so the file is held only while the pipeline is working.
+    DuckDB's memory is capped at ``memory_limit``: the staged lines spill to disk past it, so a load's memory does not
+    grow with the size of the batch or of the tables. Objects of a remote store are downloaded ``chunk_bytes`` at a
+    time.
     """
 
     def __init__(
         self,
-        connect: Connect,
+        connect: Connect | DuckDBResource,
         *,
         schema: str = base.DATASET,
         lock_timeout: float = 600.0,
@@ -333,7 +387,9 @@ class DuckDBWarehouse(base.Warehouse):
     ) -> None:
         if memory_limit is not None and not _MEMORY_SIZE.match(memory_limit):
             raise ValueError(f"memory_limit {memory_limit!r} is not a size such as '512MB' or '2GiB'")
-        self._connect = connect
+        if lock_timeout < 0:
+            raise ValueError(f"lock_timeout {lock_timeout!r} is negative")
+        self._connect = _one_attempt(connect)
         self.schema = schema
         self.lock_timeout = lock_timeout
         self.chunk_bytes = chunk_bytes
@@ -346,33 +402,19 @@ class DuckDBWarehouse(base.Warehouse):
 
     # -- connections -------------------------------------------------------------------------------
 
+    # The lock wait's clock; tests replace them to follow its schedule without waiting.
+    _monotonic = staticmethod(time.monotonic)
+    _sleep = staticmethod(time.sleep)
+
     @contextmanager
     def session(self, *, append_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection, retried with backoff while another process holds the file's lock.
+        """A connection, waiting up to ``lock_timeout`` seconds while another process holds the file's lock.
 
         ``append_only``: the session only appends rows, so the checkpoint that closes it need not merge
         partly filled row groups. Merging would recompress the rows just written: 0 to 5.7 s for the
         three 500-object loads of 1M events, depending on how the parallel writers happened to split them.
         """
-        deadline = time.monotonic() + self.lock_timeout
-        delay = 0.05
-        while True:
-            try:
-                manager = self._connect()
-                conn = manager.__enter__()
-            except (duckdb.IOException, duckdb.ConnectionException) as exc:
-                if not _is_lock_error(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise WarehouseLocked(
-                        f"the DuckDB file stayed locked for {self.lock_timeout:.0f}s: {exc}. "
-                        "Close other processes holding it open read-write (see docs/querying.md)."
-                    ) from exc
-                log.warning("DuckDB file is locked by another process; retrying in %.1fs", delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            break
+        manager, conn = self._connect_waiting()
         try:
             # Timestamps are stored as instants; days are UTC days whatever the host's zone.
             conn.execute("SET TimeZone = 'UTC'")
@@ -388,6 +430,52 @@ class DuckDBWarehouse(base.Warehouse):
         else:
             _close_quietly(conn)
             manager.__exit__(None, None, None)
+
+    def _connect_waiting(
+        self,
+    ) -> tuple[AbstractContextManager[duckdb.DuckDBPyConnection], duckdb.DuckDBPyConnection]:
+        """A connection and its manager, retried while the file is locked: the one layer of waiting (see
+        ``connect_once``), so the wait ends at ``lock_timeout`` give or take one attempt of a few milliseconds."""
+        start = self._monotonic()
+        deadline = start + self.lock_timeout
+        delay = _LOCK_RETRY_FIRST
+        next_log = start
+        retried = False
+        while True:
+            try:
+                manager = self._connect()
+                conn = manager.__enter__()
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                if not _is_lock_error(exc):
+                    raise
+                now = self._monotonic()
+                waited = now - start
+                holder = _lock_holder(exc)
+                if now >= deadline:
+                    raise WarehouseLocked(
+                        f"gave up after waiting {waited:.1f}s (lock_timeout {self.lock_timeout:g}s) for the DuckDB "
+                        f"file's lock, held by {holder or 'another process'}: {exc}. Close other processes holding "
+                        "the file open, even read-only (see docs/querying.md).",
+                        waited=waited,
+                        holder=holder,
+                    ) from exc
+                if now >= next_log:
+                    log.warning(
+                        "DuckDB file is locked by %s; waiting for it up to %gs (lock_timeout), %.0fs so far: %s",
+                        holder or "another process",
+                        self.lock_timeout,
+                        waited,
+                        exc,
+                    )
+                    next_log = now + _LOCK_LOG_EVERY
+                # Never past the deadline: the last attempt is made at it.
+                self._sleep(min(delay, deadline - now))
+                delay = min(delay * 2, _LOCK_RETRY_MAX)
+                retried = True
+                continue
+            if retried:
+                log.info("DuckDB file's lock taken after waiting %.1fs", self._monotonic() - start)
+            return manager, conn
 
     def _table(self, table: str) -> str:
         return f"{quote(self.schema)}.{quote(table)}"
@@ -1321,6 +1409,12 @@ def _local_chunk(objects: Sequence[LandedObject], paths: Sequence[str]) -> _Chun
 def _is_lock_error(exc: BaseException) -> bool:
     message = str(exc).lower()
     return any(marker in message for marker in _LOCK_ERROR_MARKERS)
+
+
+def _lock_holder(exc: BaseException) -> str | None:
+    """The process holding the file, as DuckDB's lock error names it: 'PID 1234 (/usr/bin/python3)'."""
+    match = _LOCK_HOLDER.search(str(exc))
+    return f"PID {match[2]} ({match[1]})" if match else None
 
 
 def _close_quietly(conn: duckdb.DuckDBPyConnection) -> None:

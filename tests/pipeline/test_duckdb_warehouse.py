@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from contextlib import closing
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pytest
+from dagster_duckdb import DuckDBResource
 
 from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, LocalLandingStore, object_key
+from pull_events_dagster.defs.resources import DuckDBWarehouseResource
 from pull_events_dagster.warehouse import base
-from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked
+from pull_events_dagster.warehouse import duckdb as warehouse_module
+from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked, connect_once
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
     EXPECTED_KEYS_WITHOUT_COLUMN,
@@ -602,42 +606,206 @@ def test_objects_in_gcs_are_fetched_and_loaded(
     assert rows(warehouse, f"SELECT landing_object, landing_line, reason FROM {REJECTED}") == [(key, 2, "invalid_json")]
 
 
+# -- waiting for a DuckDB file another process holds ------------------------------------------------------------
+#
+# LockHolder is a real second process with the file open, so the lock errors are DuckDB's own.
+
+
+class _Signal(logging.Handler):
+    """Sets ``event`` when the warehouse logs a record whose message contains ``text``: a test thread can act
+    once the load has seen the lock, whatever the machine's speed."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+class _Clock:
+    """A monotonic clock that moves only when slept on, recording the sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def _warehouse_log(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == warehouse_module.__name__ and r.levelno == level]
+
+
+@pytest.mark.parametrize("read_only", [False, True], ids=["read-write holder", "read-only holder"])
 def test_a_load_waits_for_an_analyst_holding_the_file_and_then_succeeds(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse, duckdb_path: Path
+    store: LocalLandingStore,
+    warehouse: DuckDBWarehouse,
+    duckdb_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    read_only: bool,
 ) -> None:
+    caplog.set_level(logging.INFO, logger=warehouse_module.__name__)
     warehouse.ensure_tables()
     key = write_object(store, PULL_TYPE, [pull_event(facts("w1"))], T0)
     outcome: dict[str, object] = {}
+    waiting = _Signal("waiting for it up to")
+    logging.getLogger(warehouse_module.__name__).addHandler(waiting)
 
-    with LockHolder(duckdb_path) as holder:
+    try:
+        with LockHolder(duckdb_path, read_only=read_only) as holder:
 
-        def load() -> None:
-            try:
-                outcome["result"] = warehouse.load_objects(store, objects(store, key), "run")
-            except Exception as exc:  # surfaced by the assertion below
-                outcome["error"] = exc
+            def load() -> None:
+                try:
+                    outcome["result"] = warehouse.load_objects(store, objects(store, key), "run")
+                except Exception as exc:  # surfaced by the assertion below
+                    outcome["error"] = exc
 
-        loader = threading.Thread(target=load)
-        loader.start()
-        time.sleep(1.5)
-        assert loader.is_alive()  # blocked by the other process's lock, retrying
-        holder.release()
-        loader.join(timeout=60)
+            loader = threading.Thread(target=load)
+            loader.start()
+            # Released only once the load has found the file locked and said so: the release is mid-wait by
+            # construction. (60 s only bounds a hang.)
+            assert waiting.event.wait(timeout=60), outcome
+            holder.release()
+            loader.join(timeout=60)
+    finally:
+        logging.getLogger(warehouse_module.__name__).removeHandler(waiting)
 
+    assert not loader.is_alive()
     assert "error" not in outcome
     assert outcome["result"].pulls_inserted == 1  # type: ignore[attr-defined]
     assert ids(warehouse) == ["w1"]
+    # Even an analyst's read-only session blocks a load (docs/querying.md); the warning names the holder and the
+    # longest wait, once at the start (then once a minute), not at every retry.
+    [warning, *_] = _warehouse_log(caplog, logging.WARNING)
+    assert f"locked by PID {holder.pid} " in warning
+    assert "waiting for it up to 600s (lock_timeout), 0s so far" in warning
+    [taken] = _warehouse_log(caplog, logging.INFO)
+    assert taken.startswith("DuckDB file's lock taken after waiting ")
 
 
-def test_a_load_gives_up_with_a_clear_error_when_the_file_stays_locked(
-    store: LocalLandingStore, duckdb_path: Path
+def _resource_warehouse(duckdb_path: Path, lock_timeout: float) -> AbstractContextManager[base.Warehouse]:
+    """The warehouse as the Dagster resource opens it (the path every asset and check takes)."""
+    resource = DuckDBWarehouseResource(
+        duckdb=DuckDBResource(database=str(duckdb_path)), lock_timeout_seconds=lock_timeout
+    )
+    return resource.open()
+
+
+@pytest.mark.parametrize("connected_by", ["resource", "get_connection"])
+def test_a_load_gives_up_after_the_configured_lock_timeout_naming_the_wait_and_the_holder(
+    store: LocalLandingStore, duckdb_path: Path, caplog: pytest.LogCaptureFixture, connected_by: str
 ) -> None:
-    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
-    impatient = DuckDBWarehouse(lambda: closing(duckdb.connect(str(duckdb_path))), lock_timeout=1.0)
+    caplog.set_level(logging.INFO, logger=warehouse_module.__name__)
+    opened: AbstractContextManager[base.Warehouse]
+    if connected_by == "resource":
+        opened = _resource_warehouse(duckdb_path, lock_timeout=2)
+    else:  # as the tests' fixtures connect: dagster-duckdb's get_connection is taken as one attempt too
+        duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+        opened = nullcontext(DuckDBWarehouse(DuckDBResource(database=str(duckdb_path)).get_connection, lock_timeout=2))
     key = write_object(store, PULL_TYPE, [pull_event(facts("w1"))], T0)
 
-    with LockHolder(duckdb_path), pytest.raises(WarehouseLocked, match=r"docs/querying\.md"):
-        impatient.load_objects(store, objects(store, key), "run")
+    with opened as impatient, LockHolder(duckdb_path) as holder:
+        started = time.monotonic()
+        with pytest.raises(WarehouseLocked) as caught:
+            impatient.load_objects(store, objects(store, key), "run")
+        elapsed = time.monotonic() - started
+
+    error = caught.value
+    # At least the timeout, by construction: it gives up only once its monotonic clock has passed the deadline.
+    # At most a little more, by construction too: the last sleep ends at the deadline and a refused connection
+    # takes milliseconds. The 15 s of slack is for a loaded machine, not a guess at the schedule; waiting inside
+    # dagster-duckdb's back-off as before would take over 100 s (0.1 s doubling, 10 retries) in its first call.
+    assert 2 <= error.waited < 2 + 15
+    assert elapsed < 2 + 15
+    message = str(error)
+    assert f"gave up after waiting {error.waited:.1f}s (lock_timeout 2s)" in message
+    assert error.holder is not None and error.holder.startswith(f"PID {holder.pid} (")
+    assert f"held by PID {holder.pid} (" in message
+    assert "docs/querying.md" in message
+    # One warning: the wait is logged when it starts and then every minute, not at each of its ~10 retries.
+    [warning] = _warehouse_log(caplog, logging.WARNING)
+    assert f"locked by PID {holder.pid} " in warning and "waiting for it up to 2s (lock_timeout)" in warning
+    assert _warehouse_log(caplog, logging.INFO) == []
+
+
+def test_the_lock_wait_backs_off_to_once_a_second_ends_at_the_timeout_and_logs_once_a_minute(
+    duckdb_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schedule, on a clock that moves only when slept on: the lock is real, the 150 s are not."""
+    caplog.set_level(logging.WARNING, logger=warehouse_module.__name__)
+    attempts = 0
+    connect = connect_once(str(duckdb_path))
+
+    def counted() -> duckdb.DuckDBPyConnection:
+        nonlocal attempts
+        attempts += 1
+        return connect()  # type: ignore[return-value]
+
+    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    warehouse = DuckDBWarehouse(counted, lock_timeout=150)
+    clock = _Clock()
+    monkeypatch.setattr(warehouse, "_monotonic", clock.monotonic)
+    monkeypatch.setattr(warehouse, "_sleep", clock.sleep)
+
+    with LockHolder(duckdb_path), pytest.raises(WarehouseLocked) as caught:
+        warehouse.ensure_tables()
+
+    assert caught.value.waited == pytest.approx(150, abs=1e-9)
+    assert "gave up after waiting 150.0s (lock_timeout 150s)" in str(caught.value)
+    assert clock.sleeps[:6] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.8, 1.0])
+    assert max(clock.sleeps) == 1.0  # a released file is taken within a second
+    assert sum(clock.sleeps) == pytest.approx(150, abs=1e-9)  # the last sleep is cut to end at the deadline
+    assert attempts == len(clock.sleeps) + 1  # and one last attempt is made there
+    # A line at the first refusal, then at the first refusal a minute or more after the last line: on this
+    # schedule (refusals at 0, 0.05, 0.15, 0.35, 0.75, 1.55, 2.55, ... s) that is 60.55 s and 120.55 s.
+    so_far = [w.split(", ")[1].split(":")[0] for w in _warehouse_log(caplog, logging.WARNING)]
+    assert so_far == ["0s so far", "61s so far", "121s so far"]
+
+
+def test_a_connection_error_other_than_the_lock_is_raised_at_once(
+    store: LocalLandingStore, duckdb_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    caplog.set_level(logging.WARNING, logger=warehouse_module.__name__)
+    duckdb_path.parent.mkdir(parents=True, exist_ok=True)
+    duckdb_path.write_bytes(b"not a DuckDB database\n" * 1000)
+    key = write_object(store, PULL_TYPE, [pull_event(facts("w1"))], T0)
+    connects: list[str] = []
+    real_connect = duckdb.connect
+
+    def counted(database: str, *args: object, **kwargs: object) -> duckdb.DuckDBPyConnection:
+        connects.append(database)
+        return real_connect(database, *args, **kwargs)  # type: ignore[arg-type]
+
+    # Every duckdb.connect, the warehouse's or dagster-duckdb's (whose back-off retried any IO error 10 times).
+    monkeypatch.setattr(duckdb, "connect", counted)
+
+    with _resource_warehouse(duckdb_path, lock_timeout=600) as warehouse:
+        assert isinstance(warehouse, DuckDBWarehouse)
+        monkeypatch.setattr(warehouse, "_sleep", lambda seconds: pytest.fail(f"slept {seconds}s on a non-lock error"))
+        with pytest.raises(duckdb.IOException, match="not a valid DuckDB database file"):
+            warehouse.load_objects(store, objects(store, key), "run")
+
+    assert connects == [str(duckdb_path)]
+    assert _warehouse_log(caplog, logging.WARNING) == []
+
+
+def test_the_resource_connects_with_its_duckdb_connection_config(duckdb_path: Path) -> None:
+    resource = DuckDBWarehouseResource(
+        duckdb=DuckDBResource(database=str(duckdb_path), connection_config={"threads": 3})
+    )
+    with resource.open() as warehouse:
+        assert isinstance(warehouse, DuckDBWarehouse)
+        settings = warehouse.query("SELECT current_setting('threads'), current_setting('custom_user_agent')")
+    # Its own setting, and the user agent dagster-duckdb's get_connection adds.
+    assert settings == [(3, "dagster")]
 
 
 def test_loaded_at_only_grows(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
