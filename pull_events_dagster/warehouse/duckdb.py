@@ -236,21 +236,18 @@ _NO_LINES = """
 """
 # Which objects the CSV reader accounted for: every byte of the file is in a staged line, each with its newline
 # (an object without a final newline, as the receiver never writes, is read carefully), and the lines number
-# themselves: by their own landing_line 1..n, or with the one missing number when exactly one line cannot carry
-# it (a line cut short; no blank line may shift the count). The numbers are the ones the receiver wrote, so a
-# rejected line is recorded at the number it carries; an object whose lines do not number themselves so is read
-# carefully, by position. ``lines`` is the count the load must then account for.
+# themselves by their own landing_line 1..n. The numbers are the ones the receiver wrote, so a rejected line is
+# recorded at the number it carries. An object with a line that carries no number (cut short, not JSON) is read
+# carefully, by position: the reader cannot say where in the file that line was, and the numbers of the others
+# do not prove it. ``lines`` is the count the load must then account for.
 _NUMBERING = """
     INSERT INTO pe_objects
     SELECT object_id, k.object_key,
         NOT coalesce(
             staged_bytes = z.size
-            AND (unnumbered = 0 AND numbers = lines - blank AND coalesce(first, 1) = 1
-                    AND coalesce(last, 0) = lines - blank
-                OR unnumbered = 1 AND blank = 0 AND numbers = lines - 1
-                    AND coalesce(first, 1) >= 1 AND coalesce(last, 1) <= lines),
+            AND unnumbered = 0 AND numbers = lines - blank AND coalesce(first, 1) = 1
+            AND coalesce(last, 0) = lines - blank,
             z.size = 0) AS careful,
-        CASE WHEN unnumbered = 1 THEN lines * (lines + 1) // 2 - coalesce(total, 0) END AS gap,
         coalesce(lines - blank, 0) AS lines
     FROM pe_sizes z JOIN pe_keys k USING (object_id)
     LEFT JOIN (
@@ -258,7 +255,7 @@ _NUMBERING = """
             count(*) FILTER (NOT blank AND position IS NULL) AS unnumbered,
             count(DISTINCT position) FILTER (NOT blank) AS numbers,
             min(position) FILTER (NOT blank) AS first, max(position) FILTER (NOT blank) AS last,
-            sum(position) FILTER (NOT blank) AS total, sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
+            sum(coalesce(line_bytes, 0) + 1) AS staged_bytes
         FROM pe_lines_csv WHERE object_id IN (SELECT unnest($ids)) GROUP BY object_id
     ) USING (object_id)
     WHERE object_id IN (SELECT unnest($ids))
@@ -840,7 +837,7 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute("CREATE OR REPLACE TEMP TABLE pe_sizes (object_id INTEGER, size BIGINT)")
         conn.execute(
             "CREATE OR REPLACE TEMP TABLE pe_objects "
-            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, gap BIGINT, lines BIGINT)"
+            "(object_id INTEGER, object_key VARCHAR, careful BOOLEAN, lines BIGINT)"
         )
         quarantined: dict[str, tuple[str, str]] = {}
         for chunk in self._chunks(store, objects):
@@ -854,9 +851,7 @@ class DuckDBWarehouse(base.Warehouse):
         conn.execute(
             """
             CREATE OR REPLACE TEMP VIEW pe_lines AS
-            SELECT c.* REPLACE (
-                coalesce(c.position, o.gap) AS position, coalesce(c.landing_line, o.gap) AS landing_line,
-                coalesce(c.landing_object, o.object_key) AS landing_object)
+            SELECT c.* REPLACE (coalesce(c.landing_object, o.object_key) AS landing_object)
             FROM pe_lines_csv c JOIN pe_objects o USING (object_id)
             WHERE NOT o.careful AND NOT c.blank
             UNION ALL
@@ -947,7 +942,7 @@ class DuckDBWarehouse(base.Warehouse):
         read_again = [ids[key] for key, _ in objects]
         conn.execute("DELETE FROM pe_objects WHERE object_id IN (SELECT unnest($ids))", {"ids": read_again})
         conn.execute(
-            "INSERT INTO pe_objects SELECT object_id, object_key, true, NULL, lines FROM pe_keys "
+            "INSERT INTO pe_objects SELECT object_id, object_key, true, lines FROM pe_keys "
             "JOIN (SELECT unnest($ids::INTEGER[]) AS object_id, unnest($lines::BIGINT[]) AS lines) USING (object_id)",
             {"ids": list(counts), "lines": list(counts.values())},
         )
