@@ -17,6 +17,7 @@ from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import PipelineSettings, Settings
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, audit_landing, load_lag_check_spec, load_lag_result
 from pull_events_dagster.defs.resources import LandingResource, WarehouseResource
+from pull_events_dagster.defs.retries import LOAD_RETRY_POLICY
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import TABLES, Column
 
@@ -147,6 +148,7 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
         check_specs=[load_lag_check_spec(settings)],
         can_subset=True,
         pool=WAREHOUSE_POOL,
+        retry_policy=LOAD_RETRY_POLICY,  # retries.py: failed loads are retried by Dagster, with backoff
         description=(
             "Load the landing objects named in the run config (the landing sensor fills it in) into the pull, "
             "events and rejected tables, exactly once per event. Materialized by hand with no objects it loads "
