@@ -15,8 +15,8 @@ Two layers, both Dagster's own:
 A load whose retries are all spent leaves its objects out of the ledger. Nothing is lost: each reconciliation pass
 (``reconcile.py``, every 15 minutes) loads the objects the ledger lacks and its ``landed_objects_loaded`` check fails
 naming any that landed longer than ``PULL_EVENTS_MAX_LOAD_LAG_S`` ago. The whole retry budget (3 runs of 4 attempts,
-about 2 minutes of pauses each) therefore fits inside the default 900 s lag, so a transient failure is retried to
-the end before the check calls it an incident.
+at most 140 s of pauses each) fits well inside the default 900 s lag, so a transient failure is retried to the end
+before the check calls it an incident.
 
 Retrying a load is always safe: the loader skips objects already in the ledger.
 """

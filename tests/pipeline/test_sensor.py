@@ -33,8 +33,10 @@ from pull_events_dagster.defs.sensors import (
     MAX_BATCHES_IN_FLIGHT,
     SLOT_TAG,
     UNTIMED_SLOT,
+    Batch,
     LandingCursor,
     TickPlan,
+    key_time,
     live_runs,
     plan_tick,
     requested_in_slots,
@@ -111,7 +113,11 @@ def set_status(instance: dg.DagsterInstance, run: dg.DagsterRun, status: str) ->
 @dataclass
 class Sensor:
     """``plan_tick`` wired to a real instance as the sensor wires it, with the runs of each tick recorded there
-    (as the daemon would create them) in ``status``, and the cursor kept through JSON, as Dagster stores it."""
+    (as the daemon would create them) in ``status``, and the cursor kept through JSON, as Dagster stores it.
+
+    Every tick is checked against the invariant the sensor's lookup rests on: ``listed_to`` never goes back, and no
+    object dated after it is requested.
+    """
 
     instance: dg.DagsterInstance
     store: LandingStore
@@ -134,8 +140,16 @@ class Sensor:
         for batch in plan.batches:
             record_run(self.instance, batch.run_request(), status)
         if plan.cursor is not None:
+            self.check_invariant(plan.cursor, plan.batches)
             self.cursor = LandingCursor.parse(plan.cursor.dump())
         return plan
+
+    def check_invariant(self, cursor: LandingCursor, batches: list[Batch]) -> None:
+        before = self.cursor.listed_to if self.cursor else None
+        assert before is None or (cursor.listed_to is not None and cursor.listed_to >= before), "listed_to went back"
+        requested = [moment for batch in batches for moment in map(key_time, batch.keys) if moment is not None]
+        assert cursor.listed_to is not None or not requested
+        assert all(moment <= cursor.listed_to for moment in requested), "requested past listed_to"
 
     def drain(self, now: datetime, limit: int = 100) -> list[TickPlan]:
         """Ticks at ``now``, each tick's runs succeeding before the next, until one requests nothing."""
@@ -246,6 +260,22 @@ def test_a_minute_that_gains_a_late_object_yields_a_run_of_that_object_alone(
     assert again.slot == batch.slot == "2026-11-27T11:05"
     assert again.run_key != batch.run_key
     assert sensor.tick(minute + timedelta(minutes=4)).batches == []
+
+
+def test_more_late_objects_than_a_tick_takes_are_requested_oldest_first_before_newer_ones(
+    tmp_path: Path, memory_instance: dg.DagsterInstance
+) -> None:
+    store = LocalLandingStore(tmp_path / "landing")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    on_time = [land(store, now - timedelta(minutes=m), m) for m in (50, 40)]
+    sensor = Sensor(memory_instance, store, per_run=2, max_in_flight=1)
+    assert [b.keys for b in sensor.drain(now)[0].batches] == [on_time]
+
+    # A receiver's backlog of uploads shows up at once, all inside the window, more than one tick takes.
+    late = [land(store, now - timedelta(minutes=30) + timedelta(seconds=n), 100 + n) for n in range(5)]
+    fresh = land(store, now + timedelta(seconds=5), 200)
+    plans = sensor.drain(now + timedelta(seconds=15))
+    assert [b.keys for plan in plans for b in plan.batches] == [late[:2], late[2:4], [late[4], fresh]]
 
 
 @pytest.mark.parametrize("status", LIVE + FINISHED)
