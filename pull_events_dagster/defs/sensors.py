@@ -8,14 +8,17 @@ bytes however busy the landing zone is. Everything else it needs is Dagster's ow
   a type. Its cost grows with the objects in that window, not with everything ever landed, and after downtime of
   any length it resumes where it stopped, not from "now minus lateness", so objects landed while the daemon was
   down are still found. The window is listed again every tick so that an object that lands late or out of name
-  order (a slow upload, a receiver whose clock runs behind) is still noticed.
+  order (a slow upload, a receiver whose clock runs behind) is still noticed. An object dated ahead of the daemon's
+  clock (a receiver whose clock runs ahead) is taken once the clock reaches its time.
 - **What was already requested** is read from Dagster, not remembered in the cursor: every run the sensor requests
   names its objects in its run config and carries the key-time slot (the minute) of its newest object in the
-  ``pull_events/slot`` tag. No tick requests an object dated after where it listed to, and ``listed_to`` never goes
-  back, so a run's newest object lies between ``since`` and ``listed_to`` whenever any of its objects is listed,
-  where every object is listed: the runs of the listed objects' slots are all the runs that can name a listed
-  object, and an object none of them names is new. Each object is so requested once, by design, however late it
-  lands within the window: a minute that gains a late object yields a run of that object alone. Run keys are
+  ``pull_events/slot`` tag. No tick requests an object dated after where it listed to, ``listed_to`` never goes
+  back, and a tick lists every object from ``since`` up to ``listed_to``: so whenever one of a run's objects is
+  listed, so is the run's newest object, and the runs tagged with the listed objects' slots are all the runs that
+  can name a listed object. An object none of them names is new. Each object is so requested once, by design,
+  however late it lands within the window: a minute that gains a late object yields a run of that object alone
+  (objects gone from the landing zone aside: a run whose newest object was deleted is no longer found, and its
+  other objects are requested again, which the ledger makes harmless). Run keys are
   derived from the run's content (slot and a digest of its keys), so should Dagster submit a tick's requests
   twice (a daemon that crashed between creating the runs and storing the cursor), its run-key de-duplication
   starts each run once.

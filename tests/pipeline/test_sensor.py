@@ -423,6 +423,28 @@ def test_a_backlog_after_a_gap_many_times_the_window_resumes_where_the_sensor_st
     assert sensor.cursor == LandingCursor(restarted)
 
 
+def test_the_first_tick_on_a_long_history_starts_a_catch_up_in_bounded_slices_oldest_first(
+    tmp_path: Path, memory_instance: dg.DagsterInstance
+) -> None:
+    store = CountingLandingStore(tmp_path / "landing")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    history = [land(store, now - timedelta(days=3) + n * timedelta(minutes=10), n) for n in range(432)]
+    sensor = Sensor(memory_instance, store, per_run=5)
+    plans = []
+    while not plans or plans[-1].batches:
+        store.listed = 0
+        plans.append(sensor.tick(now))
+        # The hour behind where it resumes (7 objects at most) and one slice of 8 runs of 5 objects: never the
+        # whole history again.
+        assert store.listed <= 7 + MAX_BATCHES_IN_FLIGHT * 5
+        assert len(plans) < 20
+
+    assert plans[0].listed_from == datetime(1970, 1, 1, tzinfo=UTC)
+    assert [len(plan.batches) for plan in plans] == [8] * 10 + [7, 0]
+    assert keys_of(plans) == history  # each once, oldest first
+    assert sensor.cursor == LandingCursor(now)
+
+
 def test_a_first_tick_over_objects_runs_already_name_requests_none_of_them_and_catches_up(
     tmp_path: Path, memory_instance: dg.DagsterInstance
 ) -> None:
