@@ -8,12 +8,13 @@ Two landing zones per case, built the same way except for the history:
 
 Each zone is brought to a steady state by the real sensor: ticks from an empty cursor catch up with
 whatever is there (at most ``MAX_BATCHES_IN_FLIGHT`` runs a tick), each tick's runs recorded as succeeded in
-the Dagster instance before the next, until a tick requests nothing. Then the ``new`` objects land, and the
-timed tick is the real sensor function evaluated with ``dg.build_sensor_context`` (ephemeral instance) from
-that steady cursor. Ticks of both zones alternate so that noise on the machine hits both alike. The first
-tick (empty cursor) is timed too: it lists the history from its start, to catch up, until it has the oldest
-``MAX_BATCHES_IN_FLIGHT`` runs' worth of objects. Every timed tick is checked: it must request exactly the
-objects it should.
+the Dagster instance before the next (where the sensor reads what it requested), until a tick requests nothing.
+Then the ``new`` objects land, and the timed tick is the real sensor function evaluated with
+``dg.build_sensor_context`` (ephemeral instance) from that steady cursor. Ticks of both zones alternate so that
+noise on the machine hits both alike. The first tick (empty cursor, and an instance with no runs yet, as on a
+new deployment) is timed too: it lists the history from its start, to catch up, until it has the oldest
+``MAX_BATCHES_IN_FLIGHT`` runs' worth of objects. Every timed tick is checked: it must request exactly the objects
+it should.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class _Zone:
     defs: dg.Definitions
     instance: dg.DagsterInstance
     history_keys: list[str]
+    # Where first ticks are evaluated: no runs, so nothing counts as requested (the sensor reads that from runs).
+    new_instance: dg.DagsterInstance = field(default_factory=dg.DagsterInstance.ephemeral)
     steady_cursor: str = ""
     new_keys: list[str] = field(default_factory=list)
 
@@ -301,7 +304,7 @@ def _timed_ticks(
             timings.append(time.perf_counter() - started)
     for _ in range(first_ticks):
         for zone, timings in ((history, case.first_history), (reference, case.first_reference)):
-            seconds, requests, _ = _tick(zone, None)
+            seconds, requests, _ = _tick(zone, None, zone.new_instance)
             oldest = sorted(zone.history_keys + zone.new_keys)[: MAX_BATCHES_IN_FLIGHT * case.max_objects_per_run]
             _expect(requests, [oldest], case.max_objects_per_run, "a first tick")
             timings.append(seconds)
@@ -325,17 +328,19 @@ def _steady_cursor(zone: _Zone) -> str:
     if sorted(caught_up) != sorted(zone.history_keys):
         raise RuntimeError(f"the catch-up ticks requested {len(caught_up)} objects, not {len(zone.history_keys)}")
     state = LandingCursor.parse(cursor)
-    if requests or state is None or state.in_flight or state.retries:
+    if requests or state is None or state.listed_to is None:
         raise RuntimeError("the sensor did not settle after its runs succeeded")
     return cursor
 
 
-def _tick(zone: _Zone, cursor: str | None) -> tuple[float, list[dg.RunRequest], str]:
+def _tick(
+    zone: _Zone, cursor: str | None, instance: dg.DagsterInstance | None = None
+) -> tuple[float, list[dg.RunRequest], str]:
     """One evaluation of the real sensor, timed (context creation included, as the daemon does it)."""
     sensor = zone.defs.resolve_sensor_def(LANDING_SENSOR)
     started = time.perf_counter()
     with dg.build_sensor_context(
-        instance=zone.instance, cursor=cursor, definitions=zone.defs, resources=zone.defs.resources
+        instance=instance or zone.instance, cursor=cursor, definitions=zone.defs, resources=zone.defs.resources
     ) as context:
         result = sensor(context)
     seconds = time.perf_counter() - started

@@ -21,6 +21,7 @@ from pull_events_dagster.defs.load_checks import load_check_results, load_check_
 from pull_events_dagster.defs.partitions import DAY_FORMAT, daily_partitions, is_partition
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, audit_landing, load_lag_check_spec, load_lag_result
 from pull_events_dagster.defs.resources import LandingResource, WarehouseResource
+from pull_events_dagster.defs.retries import LOAD_RETRY_POLICY
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.schema import TABLES, Column
 
@@ -156,6 +157,7 @@ def build_assets(settings: Settings, warehouse_kind: str) -> list[dg.AssetsDefin
         check_specs=[load_lag_check_spec(settings), *load_check_specs(settings, PULLS_KEY)],
         can_subset=True,
         pool=WAREHOUSE_POOL,
+        retry_policy=LOAD_RETRY_POLICY,  # retries.py: failed loads are retried by Dagster, with backoff
         description=(
             "Load the landing objects named in the run config (the landing sensor fills it in) into the pull, "
             "events and rejected tables, exactly once per event. Materialized by hand with no objects it loads "

@@ -2,8 +2,9 @@
 
 The landing sensor is the fast path, but it only lists keys from where it got to, less the lateness window: an
 object that becomes visible later than that (an upload that stalled, a receiver whose clock runs behind, an
-object restored by hand) is never requested by it. The reconciliation pass is the safety net, so that no
-acknowledged event goes missing:
+object restored by hand) is never requested by it. Nor does it request an object again when its load failed:
+Dagster retries the load (``retries.py``), and an object still unloaded once those retries are spent is left
+here. The reconciliation pass is the safety net, so that no acknowledged event goes missing:
 
 - the schedule ``reconcile_landing_schedule`` (every 15 minutes) requests a run of the ``reconcile_landing``
   job, unless one is still queued or running;

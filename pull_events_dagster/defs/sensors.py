@@ -1,37 +1,59 @@
 """Sensors: new landing objects -> load runs; updated pull table -> derived-table refreshes.
 
-The landing sensor never lists the landing zone's history (except on its very first tick, to catch up):
-each tick lists objects whose key time is at or after ``listed_to - PULL_EVENTS_LATENESS_S``, where
-``listed_to`` is the time the previous tick listed up to (``now`` once it has caught up). Its cost grows with
-the objects in that window, not with everything ever landed, and its progress survives downtime of any length:
-after an outage it resumes from where it stopped, not from "now minus lateness", so objects landed while the
-daemon was down are still found. Keys sort by time within a type, so each tick is one ranged listing per type.
+The landing sensor's cursor holds only how far its listing got (``{"version": 3, "listed_to": ...}``), a few dozen
+bytes however busy the landing zone is. Everything else it needs is Dagster's own state:
 
-One tick takes at most ``MAX_BATCHES_IN_FLIGHT`` runs' worth of objects (fewer while runs are in flight), the
-oldest first; when it leaves objects behind, ``listed_to`` stops at the last object it took, and the next tick
-carries on from there. A backlog (an outage, the first tick on a long history) is therefore worked through a
-bounded slice at a time, and the cursor stays small however long the backlog is. Its cursor (JSON) keeps
-
-- ``listed_to``: the time listed up to (the next tick lists from ``min(listed_to, now) - lateness``);
-- ``seen``: keys already requested whose key time is at or after ``listed_to - lateness`` (older ones are
-  pruned: no later tick lists them), so an object that lands late or out of name order is still noticed
-  exactly once, and ``seen`` holds one lateness window of keys, not an outage's;
-- ``in_flight``: batch id -> the objects of a requested run. Each tick looks the batches' runs up by the
-  ``pull_events/batch`` tag: success -> done; failure or cancellation -> the objects are requested again
-  (split in halves, to isolate an object that keeps failing, after a growing pause); still queued or
-  running -> left alone, so no object is ever in two live runs;
-- ``retries``: failed batches waiting for their pause to end.
+- **Listing.** Each tick lists the objects whose key time is at or after ``listed_to - PULL_EVENTS_LATENESS_S``
+  (the very first tick lists from the start, to catch up): one ranged listing per type, as keys sort by time within
+  a type. Its cost grows with the objects in that window, not with everything ever landed, and after downtime of
+  any length it resumes where it stopped, not from "now minus lateness", so objects landed while the daemon was
+  down are still found. The window is listed again every tick so that an object that lands late or out of name
+  order (a slow upload, a receiver whose clock runs behind) is still noticed. An object dated ahead of the daemon's
+  clock (a receiver whose clock runs ahead) is taken once the clock reaches its time.
+- **What was already requested** is read from Dagster, not remembered in the cursor: every run the sensor requests
+  names its objects in its run config and carries the key-time slot (the minute) of its newest object in the
+  ``pull_events/slot`` tag. No tick requests an object dated after where it listed to, ``listed_to`` never goes
+  back, and a tick lists every object from ``since`` up to ``listed_to``: so whenever one of a run's objects is
+  listed, so is the run's newest object, and the runs tagged with the listed objects' slots are all the runs that
+  can name a listed object. An object none of them names is new. Each object is so requested once, by design,
+  however late it lands within the window: a minute that gains a late object yields a run of that object alone
+  (objects gone from the landing zone aside: a run whose newest object was deleted is no longer found, and its
+  other objects are requested again, which the ledger makes harmless). Run keys are
+  derived from the run's content (slot and a digest of its keys), so should Dagster submit a tick's requests
+  twice (a daemon that crashed between creating the runs and storing the cursor), its run-key de-duplication
+  starts each run once.
+- **Runs in flight** are counted from the instance: the load job's runs not yet finished (queued, starting,
+  running, canceling; retries included). A tick takes at most ``MAX_BATCHES_IN_FLIGHT`` minus that many runs of
+  up to ``PULL_EVENTS_MAX_OBJECTS_PER_RUN`` objects, the oldest objects first; when it leaves objects behind,
+  ``listed_to`` stops at the newest object it took, and the next tick carries on from there. A backlog (an outage,
+  the first tick on a long history) is therefore worked through a bounded slice at a time, and the listing of a
+  tick reads the window plus at most one slice per type.
+- **Failures** are Dagster's to retry (``retries.py``): the loader step retries with exponential backoff and
+  jitter, and each load run carries run-retry tags, so a failed run is launched again. The sensor never requests
+  an object again because its run failed: an object whose retries are all spent stays out of the ledger, the
+  reconciliation pass (``reconcile.py``, every 15 minutes) loads it, and its ``landed_objects_loaded`` check names
+  it while it is unloaded.
 
 It reads only the landing zone and the Dagster instance: never the warehouse, which a load may hold. An object
 the sensor never requests (it landed later than the lateness allows, or was restored by hand) is loaded by the
-reconciliation pass (``reconcile.py``), which compares day folders with the ledger.
+reconciliation pass, which compares day folders with the ledger. Loading an object twice is harmless anyway: the
+loader skips objects already in the ledger.
+
+Why not let run keys alone replace the remembered keys (deterministic batches of each time slot, keyed by their
+content, requested again every tick for Dagster to de-duplicate): the newest slot is still filling while it is
+requested, so each tick would request its objects again under a new key (or wait until the slot closes, delaying
+every load by the slot's width), and every tick would hand Dagster one request per slot of the window to look up,
+which the daemon logs, key by key, as skipped. Reading the runs instead costs one indexed query per 500 slots and
+reading the configs of the window's runs: it grows with the window's runs and objects, as the listing does.
 """
 
+from __future__ import annotations
+
+import functools
+import hashlib
 import json
-import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -40,120 +62,103 @@ from pull_events.landing import LandedObject, LandingStore, key_committed_at, li
 from pull_events.settings import Settings
 from pull_events_dagster.defs.assets import DERIVED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
 from pull_events_dagster.defs.resources import LandingResource
+from pull_events_dagster.defs.retries import LOAD_RUN_RETRY_TAGS
 
 LANDING_SENSOR = "landing_objects_sensor"
 AUTOMATION_SENSOR = "derived_tables_automation"
-BATCH_TAG = "pull_events/batch"
-ATTEMPT_TAG = "pull_events/attempt"
+# The key-time minute of a load run's newest object: how a tick finds the runs that may name a listed object.
+SLOT_TAG = "pull_events/slot"
+# The slot of an object whose name carries no time (copied in by hand), and of the runs of such objects.
+UNTIMED_SLOT = "untimed"
 # Run monitoring fails a load run that outlives this (a crashed worker leaves it "started" forever with the
-# default launcher), which hands its objects back to the sensor.
+# default launcher); Dagster's run retries then launch it again.
 LOAD_MAX_RUNTIME_SECONDS = 2 * 3600
-CURSOR_VERSION = 2
-# Runs (each of up to PULL_EVENTS_MAX_OBJECTS_PER_RUN objects) requested and not yet finished, at most. The
-# warehouse pool runs one at a time anyway, so more would only queue, and each one's keys live in the cursor.
+CURSOR_VERSION = 3
+# Load runs queued or running at most (each of up to PULL_EVENTS_MAX_OBJECTS_PER_RUN objects). The warehouse pool
+# runs one at a time anyway: more would only queue, and hold objects a later tick could batch better.
 MAX_BATCHES_IN_FLIGHT = 8
-RETRY_PAUSE_SECONDS = 30.0
-MAX_RETRY_PAUSE_SECONDS = 1800.0
-# A batch of one object whose runs failed this many times is given up: it would hold a run slot for ever. It is
-# not lost: it stays out of the ledger, so the load-lag check names it and each reconciliation pass tries it again.
-MAX_ATTEMPTS_ALONE = 6
+# Slots per run lookup: a query parameter list well within what SQLite and Postgres take.
+SLOTS_PER_LOOKUP = 500
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ACTIVE = {
+# Runs that have not finished, as Dagster counts them (a failed run's retry is a new run: it counts once launched).
+_LIVE = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,
     dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.MANAGED,
+    dg.DagsterRunStatus.SUSPENDED,
     dg.DagsterRunStatus.CANCELING,
-}
+]
+
+# Given the slots of the listed objects, the keys the runs of those slots name.
+RequestedLookup = Callable[[set[str]], set[str]]
 
 
-@dataclass
-class Batch:
-    """Objects requested together in one load run."""
-
-    keys: list[str]
-    sizes: list[int]
-    attempt: int = 1
-    not_before: float = 0.0  # for a failed batch waiting to be retried: epoch seconds
-
-    def to_json(self) -> dict:
-        data: dict = {"keys": self.keys, "sizes": self.sizes, "attempt": self.attempt}
-        if self.not_before:
-            data["not_before"] = self.not_before
-        return data
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> "Batch":
-        return cls(list(data["keys"]), list(data["sizes"]), int(data["attempt"]), float(data.get("not_before", 0)))
-
-
-@dataclass
+@dataclass(frozen=True)
 class LandingCursor:
-    """The landing sensor's memory between ticks."""
+    """The landing sensor's memory between ticks: how far its listing got, and nothing else."""
 
-    seen: set[str] = field(default_factory=set)
-    in_flight: dict[str, Batch] = field(default_factory=dict)
-    retries: list[Batch] = field(default_factory=list)
-    # The time the last tick listed up to; None: unknown (a version 1 cursor without a hint), so the next tick
-    # lists the window before now, as version 1 did.
-    listed_to: datetime | None = None
+    # The key time listed up to: the next tick lists from ``min(listed_to, now) - lateness``. None: unknown (a
+    # version 1 cursor with nothing to resume from), so the next tick lists the window before now.
+    listed_to: datetime | None
 
     @classmethod
-    def parse(cls, text: str | None, last_tick: datetime | None = None) -> "LandingCursor | None":
+    def parse(cls, text: str | None, last_tick: datetime | None = None) -> LandingCursor | None:
         """The cursor stored by an earlier tick; ``None`` before the first tick.
 
-        A version 1 cursor (no ``listed_to``) is upgraded: it resumes from its last tick (``last_tick``, when the
-        caller knows it) or from its newest remembered key, whichever is earlier, so objects landed since that
-        tick are listed even if the sensor has been stopped for longer than the lateness window.
+        Older versions are upgraded to their resume point. Version 2 stored it (beside the keys it had requested
+        and its batches in flight, which Dagster's runs now tell). Version 1 resumes from its last tick
+        (``last_tick``, when the caller knows it) or from its newest remembered key, whichever is earlier, so
+        objects landed since that tick are listed even if the sensor has been stopped for longer than the lateness
+        window. Runs of those versions carry no slot tag, so the first ticks after an upgrade request the last
+        window's objects once more: the loader skips the ones already loaded.
         """
         if not text:
             return None
         data = json.loads(text)
         version = data.get("version")
-        if version not in (1, CURSOR_VERSION):
-            raise ValueError(f"unknown landing sensor cursor version {version!r}")
-        seen = set(data["seen"])
         if version == 1:
-            listed_to = _v1_resume_point(seen, last_tick)
-        else:
-            listed_to = datetime.fromisoformat(data["listed_to"]) if data.get("listed_to") else None
-        return cls(
-            seen=seen,
-            in_flight={bid: Batch.from_json(b) for bid, b in data["in_flight"].items()},
-            retries=[Batch.from_json(b) for b in data["retries"]],
-            listed_to=listed_to,
-        )
+            return cls(_v1_resume_point(data["seen"], last_tick))
+        if version in (2, CURSOR_VERSION):
+            return cls(datetime.fromisoformat(data["listed_to"]) if data.get("listed_to") else None)
+        raise ValueError(f"unknown landing sensor cursor version {version!r}")
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "version": CURSOR_VERSION,
-                "listed_to": self.listed_to.isoformat() if self.listed_to else None,
-                "seen": sorted(self.seen),
-                "in_flight": {bid: b.to_json() for bid, b in sorted(self.in_flight.items())},
-                "retries": [b.to_json() for b in self.retries],
-            },
-            separators=(",", ":"),
-        )
+        listed_to = self.listed_to.isoformat() if self.listed_to else None
+        return json.dumps({"version": CURSOR_VERSION, "listed_to": listed_to}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
-class RequestedBatch:
-    """A load run to request."""
+class Batch:
+    """The objects of one load run: all timed or all untimed, oldest first."""
 
-    batch_id: str
-    batch: Batch
+    objects: tuple[LandedObject, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        return [o.key for o in self.objects]
+
+    @property
+    def slot(self) -> str:
+        """The slot of its newest object (see the module docstring)."""
+        times = [moment for moment in map(key_time, self.keys) if moment is not None]
+        return slot_of(max(times)) if times else UNTIMED_SLOT
+
+    @property
+    def run_key(self) -> str:
+        """Derived from the content alone: the same objects always get the same key."""
+        digest = hashlib.sha256("\n".join(sorted(self.keys)).encode()).hexdigest()[:20]
+        return f"{self.slot}/{digest}"
 
     def run_request(self) -> dg.RunRequest:
-        objects = [{"key": k, "size": s} for k, s in zip(self.batch.keys, self.batch.sizes, strict=True)]
+        objects = [{"key": o.key, "size": o.size} for o in self.objects]
         return dg.RunRequest(
-            run_key=self.batch_id,  # Dagster never starts two runs with one key for this sensor
+            run_key=self.run_key,
             run_config={"ops": {LOADER: {"config": {"objects": objects}}}},
             tags={
                 **WAREHOUSE_RUN_TAGS,
-                BATCH_TAG: self.batch_id,
-                ATTEMPT_TAG: str(self.batch.attempt),
+                **LOAD_RUN_RETRY_TAGS,
+                SLOT_TAG: self.slot,
                 "dagster/max_runtime": str(LOAD_MAX_RUNTIME_SECONDS),
             },
         )
@@ -161,184 +166,199 @@ class RequestedBatch:
 
 @dataclass(frozen=True)
 class TickPlan:
-    """What one tick decided."""
+    """What one tick decided, and what it saw."""
 
-    cursor: LandingCursor
-    requests: list[RequestedBatch]
-    listed_from: datetime | None  # the key time the listing started at; None: no listing (runs full)
-    listed: int  # objects the listing returned
-    new_objects: int
-    finished_batches: int
-    failed_batches: int
-    given_up: list[str] = field(default_factory=list)  # keys left to the reconciliation pass (MAX_ATTEMPTS_ALONE)
+    cursor: LandingCursor | None  # None: still before the first listing
+    batches: list[Batch]
+    live_runs: int  # load runs queued or running when the tick started
+    listed_from: datetime | None  # the key time the listing started at; None: no listing (runs at the limit)
+    listed: int = 0  # objects the listing returned
+    already_requested: int = 0  # of those, named by a run
+    left_behind: int = 0  # listed, named by no run, and not requested by this tick: a later tick takes them
+
+    @property
+    def requested_objects(self) -> int:
+        return sum(len(batch.objects) for batch in self.batches)
+
+    def summary(self) -> str:
+        """One log line on what the tick did."""
+        if self.listed_from is None:
+            return f"{self.live_runs} load runs queued or running, the limit: listed nothing, cursor kept"
+        listed_to = self.cursor.listed_to.isoformat() if self.cursor and self.cursor.listed_to else "-"
+        return (
+            f"listed {self.listed} objects with key times from {self.listed_from.isoformat()}, "
+            f"{self.already_requested} of them already requested by runs; {self.live_runs} load runs queued or "
+            f"running; requesting {len(self.batches)} runs for {self.requested_objects} objects, "
+            f"{self.left_behind} left for later ticks; listed up to {listed_to}"
+        )
 
 
 def plan_tick(
     cursor: LandingCursor | None,
     store: LandingStore,
-    run_statuses: Mapping[str, Sequence[dg.DagsterRunStatus]],
+    requested_in: RequestedLookup,
+    live_runs: int,
     now: datetime,
     lateness: timedelta,
     max_objects_per_run: int,
     max_batches_in_flight: int = MAX_BATCHES_IN_FLIGHT,
 ) -> TickPlan:
-    """Decide one tick: settle in-flight batches by their runs' statuses, list from where the last tick got to,
-    batch what is new (at most ``max_batches_in_flight`` runs in flight)."""
-    first_tick = cursor is None
-    state = cursor or LandingCursor()
-    requests: list[RequestedBatch] = []
-    finished = failed = 0
-    given_up: list[str] = []
+    """Decide one tick: list from where the last tick got to, less the lateness, and batch the listed objects no
+    run names (at most ``max_batches_in_flight - live_runs`` runs, the oldest objects first).
 
-    for batch_id, batch in list(state.in_flight.items()):
-        statuses = run_statuses.get(batch_id, ())
-        if dg.DagsterRunStatus.SUCCESS in statuses:
-            del state.in_flight[batch_id]
-            finished += 1
-        elif any(status in _ACTIVE for status in statuses):
-            continue
-        elif statuses:  # every run of the batch failed or was canceled
-            del state.in_flight[batch_id]
-            failed += 1
-            if len(batch.keys) == 1 and batch.attempt >= MAX_ATTEMPTS_ALONE:
-                given_up += batch.keys
-                continue
-            pause = min(RETRY_PAUSE_SECONDS * 2 ** (batch.attempt - 1), MAX_RETRY_PAUSE_SECONDS)
-            for part in _halves(batch):
-                state.retries.append(Batch(part.keys, part.sizes, batch.attempt + 1, now.timestamp() + pause))
-        else:
-            # Requested but no run exists (the tick that asked was cut short, or the run was deleted):
-            # ask again under the same run key, which Dagster ignores if the run does exist.
-            requests.append(RequestedBatch(batch_id, batch))
-
-    waiting = []
-    for batch in state.retries:
-        if batch.not_before <= now.timestamp():
-            requests.append(_request(state, Batch(batch.keys, batch.sizes, batch.attempt), now))
-        else:
-            waiting.append(batch)
-    state.retries = waiting
-
-    free_batches = max_batches_in_flight - len(state.in_flight) - len(state.retries)
-    if free_batches <= 0:
-        # Nothing could be requested: leave the cursor where it is rather than list for nothing.
-        return TickPlan(state, requests, None, 0, 0, finished, failed, given_up)
-
-    # The first tick catches up with everything already landed; later ticks resume where the last one got to.
-    if first_tick:
-        since = _EPOCH
-    elif state.listed_to is None:
-        since = now - lateness
-    else:
-        since = min(state.listed_to, now) - lateness
-    listing = _list_new(store, since, state.seen, free_batches * max_objects_per_run)
-    for start in range(0, len(listing.taken), max_objects_per_run):
-        group = listing.taken[start : start + max_objects_per_run]
-        state.seen.update(o.key for o in group)
-        requests.append(_request(state, Batch([o.key for o in group], [o.size for o in group]), now))
-
-    if listing.complete:
-        state.listed_to = now
-    else:
-        # Everything left behind has a key time at or after the last object taken, so listing from there minus
-        # the lateness next time finds it; never back before this tick's start, so no pruned key is listed again.
-        state.listed_to = min(now, max(since + lateness, listing.last_taken_time or since + lateness))
-    prune_before = state.listed_to - lateness
-    state.seen = {key for key in state.seen if _still_listable(key, prune_before, listing.keys)}
-    return TickPlan(state, requests, since, len(listing.keys), len(listing.new), finished, failed, given_up)
-
-
-@dataclass
-class _Listing:
-    """One tick's listing: what it returned, and the new objects it takes, oldest first."""
-
-    keys: set[str]  # every key listed
-    new: list[LandedObject]  # listed and not in ``seen``
-    taken: list[LandedObject]
-    complete: bool  # every new object listable from ``since`` is taken
-    last_taken_time: datetime | None  # the key time of the newest object taken (names with a time only)
-
-
-def _list_new(store: LandingStore, since: datetime, seen: set[str], budget: int) -> _Listing:
-    """New objects with a key time at or after ``since``: at most ``budget`` of them, the oldest first.
-
-    Each type's listing stops after ``budget`` new objects, so a tick after a long outage reads a bounded slice
-    (plus the keys it has seen in the window) rather than the whole backlog. A type whose listing stopped
-    contributes ``budget`` objects no newer than where it stopped, so the ``budget`` oldest of all types are
-    never newer than that point: everything left behind is at or after the last object taken.
+    Invariant: no object dated after ``listed_to`` is ever requested, and ``listed_to`` never goes back. So the
+    listing, which holds every object from ``since`` up to ``listed_to``, holds the newest object of every run that
+    names a listed object (see the module docstring).
     """
-    keys: set[str] = set()
-    new: list[tuple[datetime | None, LandedObject]] = []
-    stopped_short = False
-    for type_dir in store.event_type_dirs():
-        found = 0
-        for obj in store.list_from(type_dir, listing_start(type_dir, since)):
-            keys.add(obj.key)
-            if obj.key in seen:
-                continue
-            new.append((_key_time(obj.key), obj))
-            found += 1
-            if found >= budget:
-                stopped_short = True
-                break
-    # Names without a time (copied in by hand) sort first: they are taken while they are listed.
-    new.sort(key=lambda item: (item[0] is not None, item[0] or since, item[1].key))
-    taken = new[:budget]
-    times = [moment for moment, _ in taken if moment is not None]
-    return _Listing(
-        keys=keys,
-        new=[obj for _, obj in new],
-        taken=[obj for _, obj in taken],
-        complete=not stopped_short and len(taken) == len(new),
-        last_taken_time=max(times, default=None),
+    free_runs = max_batches_in_flight - live_runs
+    if free_runs <= 0:
+        # Nothing could be requested: leave the cursor where it is rather than list for nothing.
+        return TickPlan(cursor, [], live_runs, None)
+    since = _listing_since(cursor, now, lateness)
+    # The first tick has listed up to nothing yet; a version 1 cursor without a hint does not know (None).
+    previous = cursor.listed_to if cursor else _EPOCH
+    budget = free_runs * max_objects_per_run
+    listing = _list_window(store, since, previous, budget)
+    requested = requested_in({slot_of_key(o.key) for o in listing.objects})
+    new = [o for o in listing.objects if o.key not in requested]
+    # Everything up to the cutoff was listed (every type's listing got past it), so it can all be taken now.
+    # Objects dated after it wait for a later tick: after now (a receiver's clock ahead of ours) or past the point
+    # where a type's listing stopped.
+    cutoff = min([now, *listing.stops])
+    eligible = sorted((o for o in new if _not_after(o, cutoff)), key=_oldest_first)
+    batches = _batches(eligible[:budget], max_objects_per_run)[:free_runs]
+    taken = sum(len(batch.objects) for batch in batches)
+    # All eligible taken: listed up to the cutoff. Otherwise to the newest taken: what is left is no older.
+    reached = cutoff if taken == len(eligible) else _newest(batches)
+    return TickPlan(
+        cursor=LandingCursor(_later(previous, reached)),
+        batches=batches,
+        live_runs=live_runs,
+        listed_from=since,
+        listed=len(listing.objects),
+        already_requested=len(listing.objects) - len(new),
+        left_behind=len(new) - taken,
     )
 
 
-def _key_time(key: str) -> datetime | None:
+def _listing_since(cursor: LandingCursor | None, now: datetime, lateness: timedelta) -> datetime:
+    """Where a tick's listing starts: the first tick catches up with everything already landed; later ticks resume
+    where the last one got to, less the lateness."""
+    if cursor is None:
+        return _EPOCH
+    if cursor.listed_to is None:
+        return now - lateness
+    return min(cursor.listed_to, now) - lateness
+
+
+@dataclass(frozen=True)
+class _Listing:
+    objects: list[LandedObject]
+    stops: list[datetime]  # the key time where each type's listing stopped at the budget (none: listed to the end)
+
+
+def _list_window(store: LandingStore, since: datetime, listed_to: datetime | None, budget: int) -> _Listing:
+    """Objects with a key time at or after ``since``: every one up to ``listed_to`` (the part earlier ticks listed,
+    where an object may have landed late), and at most ``budget`` later ones per type.
+
+    The later ones have not been requested (the invariant of ``plan_tick``), so each type's listing can stop after
+    ``budget`` of them: a tick after a long outage reads a bounded slice rather than the whole backlog, and takes
+    nothing past the earliest stop, so it never skips an object a stopped listing did not reach. Names without a
+    time count toward no budget: they are rare, and listed only while the listing reaches their folder.
+    """
+    objects: list[LandedObject] = []
+    stops: list[datetime] = []
+    for type_dir in store.event_type_dirs():
+        later = 0
+        for obj in store.list_from(type_dir, listing_start(type_dir, since)):
+            objects.append(obj)
+            moment = key_time(obj.key)
+            if moment is not None and (listed_to is None or moment > listed_to):
+                later += 1
+                if later >= budget:
+                    stops.append(moment)
+                    break
+    return _Listing(objects, stops)
+
+
+def _not_after(obj: LandedObject, cutoff: datetime) -> bool:
+    moment = key_time(obj.key)
+    return moment is None or moment <= cutoff
+
+
+def _oldest_first(obj: LandedObject) -> tuple[bool, datetime, str]:
+    # Names without a time sort first: they are taken while they are listed.
+    moment = key_time(obj.key)
+    return (moment is not None, moment or _EPOCH, obj.key)
+
+
+def _batches(objects: Sequence[LandedObject], size: int) -> list[Batch]:
+    """``objects`` (oldest first) in runs of at most ``size``. Names without a time get runs of their own, slotted
+    ``untimed``: a run's slot must be found whenever one of its objects is listed."""
+    untimed = [o for o in objects if key_time(o.key) is None]
+    timed = [o for o in objects if key_time(o.key) is not None]
+    return [
+        Batch(tuple(group[start : start + size])) for group in (untimed, timed) for start in range(0, len(group), size)
+    ]
+
+
+def _newest(batches: Iterable[Batch]) -> datetime | None:
+    times = [moment for batch in batches for moment in map(key_time, batch.keys) if moment is not None]
+    return max(times, default=None)
+
+
+def _later(first: datetime | None, second: datetime | None) -> datetime | None:
+    return max((moment for moment in (first, second) if moment is not None), default=None)
+
+
+# A tick asks for the time of each listed object several times (order, cutoff, slot), and each window is listed
+# again tick after tick: parsing the name once is most of the tick's CPU on a busy window.
+@functools.lru_cache(maxsize=1 << 17)
+def key_time(key: str) -> datetime | None:
+    """The time in an object's name; None for a name the receiver did not write."""
     try:
         return key_committed_at(key)
-    except ValueError:  # a name the receiver did not write
+    except ValueError:
         return None
 
 
-def _still_listable(key: str, window_start: datetime, listed_keys: set[str]) -> bool:
-    moment = _key_time(key)
-    if moment is None:  # remember it while it is still listed
-        return key in listed_keys
-    return moment >= window_start
+def slot_of(moment: datetime) -> str:
+    """The slot (key-time minute) of a time, e.g. ``2026-11-27T11:05``."""
+    return f"{moment.astimezone(UTC):%Y-%m-%dT%H:%M}"
 
 
-def _v1_resume_point(seen: set[str], last_tick: datetime | None) -> datetime | None:
+def slot_of_key(key: str) -> str:
+    moment = key_time(key)
+    return slot_of(moment) if moment else UNTIMED_SLOT
+
+
+def _v1_resume_point(seen: Iterable[str], last_tick: datetime | None) -> datetime | None:
     """Where a version 1 cursor resumes: its last tick, or its newest remembered key if earlier."""
-    times = [moment for moment in map(_key_time, seen) if moment is not None]
+    times = [moment for moment in map(key_time, seen) if moment is not None]
     points = [point for point in (max(times, default=None), last_tick) if point is not None]
     return min(points, default=None)
 
 
-def _request(state: LandingCursor, batch: Batch, now: datetime) -> RequestedBatch:
-    batch_id = f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
-    state.in_flight[batch_id] = Batch(batch.keys, batch.sizes, batch.attempt)
-    return RequestedBatch(batch_id, state.in_flight[batch_id])
+def requested_in_slots(instance: dg.DagsterInstance, slots: Iterable[str]) -> set[str]:
+    """The landing keys named by the runs tagged with one of ``slots`` (their retries carry the tag too)."""
+    ordered = sorted(set(slots))
+    keys: set[str] = set()
+    for start in range(0, len(ordered), SLOTS_PER_LOOKUP):
+        filters = dg.RunsFilter(tags={SLOT_TAG: ordered[start : start + SLOTS_PER_LOOKUP]})
+        for record in instance.get_run_records(filters=filters):
+            keys.update(run_object_keys(record.dagster_run))
+    return keys
 
 
-def _halves(batch: Batch) -> Iterable[Batch]:
-    if len(batch.keys) < 2:
-        yield batch
-        return
-    middle = len(batch.keys) // 2
-    yield Batch(batch.keys[:middle], batch.sizes[:middle], batch.attempt)
-    yield Batch(batch.keys[middle:], batch.sizes[middle:], batch.attempt)
+def run_object_keys(run: dg.DagsterRun) -> list[str]:
+    """The landing keys a load run's config names."""
+    objects = run.run_config.get("ops", {}).get(LOADER, {}).get("config", {}).get("objects", [])
+    return [o["key"] for o in objects]
 
 
-def batch_run_statuses(instance: dg.DagsterInstance, batch_ids: Iterable[str]) -> dict[str, list[dg.DagsterRunStatus]]:
-    """The statuses of every run tagged with one of ``batch_ids`` (re-executions carry the tag too)."""
-    ids = sorted(batch_ids)
-    if not ids:
-        return {}
-    statuses: dict[str, list[dg.DagsterRunStatus]] = defaultdict(list)
-    for record in instance.get_run_records(filters=dg.RunsFilter(tags={BATCH_TAG: ids})):
-        statuses[record.dagster_run.tags[BATCH_TAG]].append(record.dagster_run.status)
-    return dict(statuses)
+def live_runs(instance: dg.DagsterInstance, job_name: str) -> int:
+    """Runs of ``job_name`` queued, starting or running."""
+    return instance.get_runs_count(dg.RunsFilter(job_name=job_name, statuses=_LIVE))
 
 
 def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefinition:
@@ -351,39 +371,28 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
         job_name=job_name,
         minimum_interval_seconds=15,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Requests load runs (at most {max_objects} objects each, {MAX_BATCHES_IN_FLIGHT} in flight) "
-        f"for objects landed since the last tick (less {settings.pipeline.lateness_seconds}s of lateness) that no "
-        "run has loaded yet, resuming where it stopped after any downtime; retries failed runs' objects.",
+        description=f"Requests load runs (at most {max_objects} objects each, {MAX_BATCHES_IN_FLIGHT} queued or "
+        f"running) for objects landed since the last tick (less {settings.pipeline.lateness_seconds}s of lateness) "
+        "that no run names yet, resuming where it stopped after any downtime. Failed runs are retried by Dagster.",
     )
     def landing_objects_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
         last_tick = context.last_tick_completion_time
         cursor = LandingCursor.parse(context.cursor, datetime.fromtimestamp(last_tick, UTC) if last_tick else None)
-        statuses = batch_run_statuses(context.instance, cursor.in_flight if cursor else ())
-        plan = plan_tick(cursor, landing.store(), statuses, datetime.now(UTC), lateness, max_objects)
-        context.log.info(
-            "listed %d objects with key times from %s, %d new; listed up to %s; %d batches finished, %d failed "
-            "(to retry); requesting %d runs; %d batches in flight, %d waiting to retry",
-            plan.listed,
-            plan.listed_from.isoformat() if plan.listed_from else "- (no listing: runs in flight at the limit)",
-            plan.new_objects,
-            plan.cursor.listed_to.isoformat() if plan.cursor.listed_to else "-",
-            plan.finished_batches,
-            plan.failed_batches,
-            len(plan.requests),
-            len(plan.cursor.in_flight),
-            len(plan.cursor.retries),
+        plan = plan_tick(
+            cursor,
+            landing.store(),
+            lambda slots: requested_in_slots(context.instance, slots),
+            live_runs(context.instance, job_name),
+            datetime.now(UTC),
+            lateness,
+            max_objects,
         )
-        for key in plan.given_up:
-            context.log.warning(
-                "giving up on %s after %d failed runs: the reconciliation pass tries it again and the "
-                "landed_objects_loaded check names it while it is unloaded",
-                key,
-                MAX_ATTEMPTS_ALONE,
-            )
+        context.log.info(plan.summary())
+        skip = "no new landing objects" if plan.listed_from else "load runs queued or running at the limit"
         return dg.SensorResult(
-            run_requests=[r.run_request() for r in plan.requests],
-            cursor=plan.cursor.dump(),
-            skip_reason=None if plan.requests else dg.SkipReason("no new landing objects"),
+            run_requests=[batch.run_request() for batch in plan.batches],
+            cursor=plan.cursor.dump() if plan.cursor else None,
+            skip_reason=None if plan.batches else dg.SkipReason(skip),
         )
 
     return landing_objects_sensor
