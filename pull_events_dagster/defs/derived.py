@@ -29,6 +29,7 @@ from pull_events_dagster.defs.assets import (
 )
 from pull_events_dagster.defs.partitions import daily_partitions
 from pull_events_dagster.defs.resources import WarehouseResource
+from pull_events_dagster.defs.retries import LOAD_RETRY_POLICY, LOAD_RUN_RETRY_TAGS
 from pull_events_dagster.warehouse import base
 
 if TYPE_CHECKING:  # the type define_asset_job returns is not exported by dagster
@@ -53,6 +54,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         partitions_def=partitions,
         # A range of days (a backfill from the UI) is one run, one transaction, one read of those days' rows.
         backfill_policy=dg.BackfillPolicy.single_run(),
+        retry_policy=LOAD_RETRY_POLICY,
         pool=WAREHOUSE_POOL,
         **describe(base.DAILY_PULLS, warehouse_kind),
     )
@@ -86,6 +88,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         # After any day partition changes (a sensor's run includes the summary; a backfill from the UI does not).
         # The condition ignores partitions never materialized: most days of the range have no pulls.
         automation_condition=dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()),
+        retry_policy=LOAD_RETRY_POLICY,
         pool=WAREHOUSE_POOL,
         **describe(base.REPOSITORY_SUMMARY, warehouse_kind),
     )
@@ -188,12 +191,13 @@ def days_run_request(first: str, last: str, after_storage_id: int | None) -> dg.
     """A run of ``daily_pulls`` for the days ``first`` .. ``last`` and of the summary after it.
 
     A single day is its own partition, whose materialization then carries its exact row count; several
-    contiguous days are one range in one run.
+    contiguous days are one range in one run. Retried by Dagster like a load: the sensor has moved past these days.
     """
     run_key = f"days-{first}-{last}-after-{after_storage_id}"
+    tags = {**WAREHOUSE_RUN_TAGS, **LOAD_RUN_RETRY_TAGS}
     if first == last:
-        return dg.RunRequest(run_key=run_key, partition_key=first, tags=WAREHOUSE_RUN_TAGS)
-    return dg.RunRequest(run_key=run_key, tags={**WAREHOUSE_RUN_TAGS, RANGE_START_TAG: first, RANGE_END_TAG: last})
+        return dg.RunRequest(run_key=run_key, partition_key=first, tags=tags)
+    return dg.RunRequest(run_key=run_key, tags={**tags, RANGE_START_TAG: first, RANGE_END_TAG: last})
 
 
 def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:

@@ -406,5 +406,6 @@ def build_automation_sensor() -> dg.AutomationConditionSensorDefinition:
         run_tags=WAREHOUSE_RUN_TAGS,
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,
-        description="Refreshes daily_pulls and repository_pull_summary after each load of the pull table.",
+        description="Refreshes repository_pull_summary after day partitions of daily_pulls change outside the daily "
+        "sensor's runs (a backfill from the UI).",
     )

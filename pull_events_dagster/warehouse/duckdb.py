@@ -18,8 +18,8 @@ are each a row, a duplicate or rejected. No Python touches individual lines on t
 DuckDB admits one writer process per file. A process that holds the file open, even read-only (an analyst's
 CLI, a notebook), makes ``connect`` fail with a lock error at once. ``session`` is the one place that waits for the
 lock: it retries the connection with back-off, logs a warning that it is waiting and for how long at most, and gives
-up with ``WarehouseLocked`` once ``lock_timeout`` seconds have passed (the sensor retries the batch later). Any other
-connection error is raised at once.
+up with ``WarehouseLocked`` once ``lock_timeout`` seconds have passed (Dagster retries the step, then the run; the
+reconciliation pass loads what they leave). Any other connection error is raised at once.
 """
 
 from __future__ import annotations
