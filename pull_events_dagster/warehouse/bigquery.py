@@ -14,12 +14,16 @@ A load of a batch of landing objects is:
    read carefully: streamed through the landing store and split in Python (``lines.read_lines``) into a
    second staging table with the loader's object and position. Receiver objects never need it, so on the
    usual path no line passes through Python.
-3. One multi-statement query that parses and classifies every staged line (``SAFE.PARSE_JSON``,
-   ``JSON_VALUE``, ``SAFE_CAST``: the rules of the shared load semantics, first failing rule wins),
-   MERGEs valid pulls and other events into their tables on ``(event_source, event_id)`` with explicit
-   column lists, inserts rejected lines where they were read, and returns what each object's lines became.
+3. One multi-statement script that parses and classifies every staged line (``SAFE.PARSE_JSON``,
+   ``JSON_VALUE``, ``SAFE_CAST``: the rules of the shared load semantics, first failing rule wins), finds the
+   day partitions the batch touches, MERGEs valid pulls and other events into their tables on
+   ``(event_source, event_id)`` within those days (a redelivery carries the same ``body.when`` / ``time``) with
+   explicit column lists, inserts rejected lines where they were read, and returns what each object's lines
+   became. Every statement filters each table it reads on its partitioning column (``LAYOUT``), so a load
+   reads the partitions its batch touches, not the history (docs/bigquery.md, "What a load reads").
 4. Every object must balance (lines counted from its bytes = inserted + duplicates + rejected) before its
-   ledger row is written, LAST; else ``LoadAccountingError`` and the object stays unrecorded.
+   ledger row is written, LAST; else ``LoadAccountingError`` and the object stays unrecorded. Then the
+   per-load check figures (``sql/bigquery/loaded_rows.sql``).
 5. The staging tables are dropped (they also expire by themselves if the process dies first).
 
 Quota: BigQuery allows 1,500 load jobs per table per day. Every load job here writes a fresh staging
@@ -30,8 +34,8 @@ batch of up to hundreds of objects, i.e. at one batch per 30-second sensor tick 
 Steps are idempotent rather than one transaction: a MERGE skips keys already present, rejected lines are
 recorded once per (object, line), and the ledger comes last, so a crash anywhere means the objects are loaded
 again and nothing is duplicated. A transaction would make concurrent runs abort each other: BigQuery fails
-the later of two transactions that change the same table. The derived-table refreshes do use transactions,
-so readers never see a day deleted but not yet re-inserted.
+the later of two transactions that change the same table. The derived-table refreshes (``sql/bigquery/``,
+beside the DuckDB versions) do use transactions, so readers never see a day deleted but not yet re-inserted.
 
 Every workaround for a gap of the test emulator (bqemulator 1.4.0) is also plain, correct BigQuery; the
 list is in ``docs/bigquery.md``. In short: only ``object`` / ``array`` / ``null`` answers of ``JSON_TYPE``
@@ -49,7 +53,7 @@ import logging
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -58,9 +62,9 @@ from google.cloud import bigquery
 from google.cloud.bigquery import DEFAULT_RETRY
 from google.cloud.exceptions import NotFound
 
-from pull_events.landing import LandedObject, LandingStore
+from pull_events.landing import LandedObject, LandingStore, key_committed_at
 from pull_events.settings import DEFAULT_MAX_LINE_BYTES
-from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse import base, sql
 from pull_events_dagster.warehouse.lines import (
     OBJECT_MISSING,
     PREFIX_BYTES,
@@ -102,15 +106,63 @@ _OWN_LINE = r'^\s*\{\s*"landing_object"\s*:\s*"[^"\\]*"\s*,\s*"landing_line"\s*:
 FIELD_DELIMITER = "\x1f"
 MAX_SOURCE_URIS = 10_000  # BigQuery's limit of source URIs per load job
 
-# (partition column, clustering columns) per table; day partitions.
+# (partition column, clustering columns) per table; day partitions. Every statement of a load filters each table
+# on its partitioning column, so a load reads the partitions its batch touches, not the tables' history
+# (docs/bigquery.md, "What a load reads").
 LAYOUT: dict[str, tuple[str | None, tuple[str, ...]]] = {
-    base.PULLS: ("event_time", ("repository", "event_source", "event_id")),
+    base.PULLS: ("day", ("repository", "event_source", "event_id")),
     base.EVENTS: ("event_time", ("event_type",)),
     base.DAILY_PULLS: ("day", ("repository",)),
-    # Not required by the semantics; they make the per-load ledger and rejection look-ups cheap.
-    base.REJECTED: (None, ("landing_object",)),
-    base.LOADED_OBJECTS: (None, ("landing_object",)),
+    base.DAILY_VALUES: ("day", ("repository",)),
+    base.REPOSITORY_VALUES: (None, ("repository",)),
+    # An object is loaded, and its lines rejected, after it landed: its key's time bounds the look-ups.
+    base.REJECTED: ("rejected_at", ("landing_object",)),
+    base.LOADED_OBJECTS: ("loaded_at", ("landing_object",)),
 }
+# BigQuery cannot re-partition a table in place: a table laid out otherwise (by an earlier version) is recreated
+# through a copy of this name by a rebuild (swap_in); ensure_tables finishes a recreation that was cut short.
+RELAYOUT_SUFFIX = "__relayout"
+# How far the receivers' clocks may run ahead of BigQuery's: an object's rows are looked for in the ledger and the
+# rejected lines from this long before the time its key names (earliest_load).
+LANDING_CLOCK_MARGIN = timedelta(days=1)
+
+# The partitions a load's statements read, found by its script once the staged lines are judged (_BATCH_PARTITIONS):
+# the pull table's days (of body.when) and the events table's days of time (or its NULL partition). Each filter
+# gives the span, which prunes for certain, and the exact days.
+_PULL_DAYS = "{t}.day BETWEEN v_batch.first_day AND v_batch.last_day AND {t}.day IN UNNEST(v_batch.days)"
+_EVENT_DAYS = (
+    "({t}.event_time >= TIMESTAMP(v_batch.first_event_day)"
+    " AND {t}.event_time < TIMESTAMP_ADD(TIMESTAMP(v_batch.last_event_day), INTERVAL 1 DAY)"
+    " AND DATE({t}.event_time) IN UNNEST(v_batch.event_days) OR {t}.event_time IS NULL AND v_batch.null_event_day)"
+)
+_BATCH_TYPE = (
+    "STRUCT<days ARRAY<DATE>, first_day DATE, last_day DATE, event_days ARRAY<DATE>, first_event_day DATE, "
+    "last_event_day DATE, null_event_day BOOL, token_day DATE>"
+)
+# One statement (each statement of a script is a job of its own); a script variable, so that the filters using it
+# are constants BigQuery prunes partitions by. token_day: see the token look-up in _outcomes.
+_BATCH_PARTITIONS = """SET v_batch = (SELECT AS STRUCT
+  (SELECT ARRAY_AGG(DISTINCT day) FROM {lines} WHERE reason IS NULL AND is_pull) AS days,
+  (SELECT MIN(day) FROM {lines} WHERE reason IS NULL AND is_pull) AS first_day,
+  (SELECT MAX(day) FROM {lines} WHERE reason IS NULL AND is_pull) AS last_day,
+  (SELECT ARRAY_AGG(DISTINCT day) FROM {lines} WHERE reason IS NULL AND NOT is_pull AND day IS NOT NULL) AS event_days,
+  (SELECT MIN(day) FROM {lines} WHERE reason IS NULL AND NOT is_pull) AS first_event_day,
+  (SELECT MAX(day) FROM {lines} WHERE reason IS NULL AND NOT is_pull) AS last_event_day,
+  (SELECT LOGICAL_OR(day IS NULL) FROM {lines} WHERE reason IS NULL AND NOT is_pull) AS null_event_day,
+  (SELECT DATE_SUB(DATE(TIMESTAMP_SUB(MIN(received_at), INTERVAL v_token_window SECOND)), INTERVAL 1 DAY)
+   FROM {lines} WHERE reason IS NULL AND token_sha256 IS NOT NULL) AS token_day);"""
+# What each object's lines became (checked against its bytes' count before its ledger row is written), and the
+# partitions its new rows went to (for the per-load checks).
+_OBJECT_FIGURES = """
+SELECT k AS landing_object, COUNT(l.outcome) AS lines,
+  COUNTIF(l.outcome = 'pull') AS pulls, COUNTIF(l.outcome = 'event') AS events,
+  COUNTIF(l.outcome = 'duplicate') AS duplicates, COUNTIF(l.outcome = 'rejected') AS rejected,
+  STRING_AGG(DISTINCT IF(l.outcome = 'pull', CAST(l.day AS STRING), NULL), ',') AS days,
+  STRING_AGG(DISTINCT IF(l.outcome = 'event', CAST(l.day AS STRING), NULL), ',') AS event_days,
+  IFNULL(LOGICAL_OR(l.outcome = 'event' AND l.day IS NULL), FALSE) AS null_event_day
+FROM UNNEST(v_keys) AS k
+LEFT JOIN (SELECT object_key, day, outcome FROM {lines} JOIN {outcomes} USING (line_id)) l ON l.object_key = k
+GROUP BY k;"""
 
 # BigQuery's canonical civil DATETIME text; the same rule as the DuckDB warehouse's.
 CIVIL_DATETIME = r"^\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,6})?)?$"
@@ -240,8 +292,11 @@ def keeps_raw_event(o: str, is_pull: bool) -> str:
     )
 
 
-def sql_literal(value: object) -> str:
-    """A GoogleSQL literal of a string, integer, timestamp, list of strings or NULL."""
+def sql_literal(value: object, kind: str = "") -> str:
+    """A GoogleSQL literal of a string, integer, boolean, timestamp, date, list or NULL.
+
+    A list is an array of ``kind`` (``ARRAY<DATE>``; strings when no kind is given), so that an empty one has a type.
+    """
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -250,11 +305,15 @@ def sql_literal(value: object) -> str:
         return str(value)
     if isinstance(value, datetime):
         return f'TIMESTAMP "{value.astimezone(UTC):%Y-%m-%d %H:%M:%S.%f}+00:00"'
+    if isinstance(value, date):
+        return f'DATE "{value.isoformat()}"'
     if isinstance(value, str):
         # Every escape JSON writes (quote, backslash, control characters as \uXXXX) means the same in GoogleSQL.
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, list | tuple):
-        return "ARRAY<STRING>[" + ", ".join(sql_literal(str(v)) for v in value) + "]"
+        element = kind[len("ARRAY<") : -1] if kind.startswith("ARRAY<") else "STRING"
+        items = (sql_literal(str(v) if element == "STRING" else v, element) for v in value)
+        return f"ARRAY<{element}>[" + ", ".join(items) + "]"
     raise TypeError(f"no SQL literal for {type(value).__name__}")
 
 
@@ -293,11 +352,71 @@ def _check_accounting(stats: dict[str, Any], counts: dict[str, int]) -> None:
             )
 
 
+def _days_of(stats: dict[str, Any], column: str) -> list[date]:
+    """The days listed (comma-separated) in one column of the merge script's per-object figures."""
+    return sorted({date.fromisoformat(day) for row in stats.values() for day in (row[column] or "").split(",") if day})
+
+
 def script_variables(**variables: tuple[str, object]) -> str:
     """``DECLARE`` statements opening a script: bqemulator ignores query parameters in scripts."""
     return "".join(
-        f"DECLARE {name} {kind} DEFAULT {sql_literal(value)};\n" for name, (kind, value) in variables.items()
+        f"DECLARE {name} {kind} DEFAULT {sql_literal(value, kind)};\n" for name, (kind, value) in variables.items()
     )
+
+
+def _variable_type(value: object) -> str:
+    """The GoogleSQL type of a script variable holding ``value`` (a bool, date or timestamp)."""
+    if isinstance(value, bool):
+        return "BOOL"
+    if isinstance(value, datetime):
+        return "TIMESTAMP"
+    if isinstance(value, date):
+        return "DATE"
+    raise TypeError(f"no variable type for {type(value).__name__}")
+
+
+def day_variables(days: Sequence[date], kind: str = "day") -> dict[str, tuple[str, object]]:
+    """``v_<kind>s``, ``v_first_<kind>``, ``v_last_<kind>``: the days a statement reads, as script variables.
+
+    A statement filters its partitioning column on both: the span prunes the partitions outside it for certain, the
+    list narrows the read to the days themselves (DuckDB's ``_days`` gives its zone maps the same two).
+    """
+    ordered = sorted(set(days))
+    return {
+        f"v_{kind}s": ("ARRAY<DATE>", ordered),
+        f"v_first_{kind}": ("DATE", ordered[0] if ordered else None),
+        f"v_last_{kind}": ("DATE", ordered[-1] if ordered else None),
+    }
+
+
+def earliest_load(keys: Iterable[str]) -> datetime | None:
+    """The earliest time rows of these landing objects can have been loaded or rejected, or None to read every time.
+
+    An object cannot be loaded before it landed, and its key names its landing time (``key_committed_at``); the
+    margin allows for the receiver's clock running ahead of BigQuery's. A key without a time gives None.
+    """
+    try:
+        return min(key_committed_at(key) for key in keys) - LANDING_CLOCK_MARGIN
+    except ValueError:  # a key without a time, or no key
+        return None
+
+
+def current_layout(table: bigquery.Table) -> tuple[str | None, tuple[str, ...]]:
+    """A table's (partition column, clustering columns) as ``LAYOUT`` gives them (ingestion time: _PARTITIONTIME)."""
+    partitioning = table.time_partitioning
+    partition = None if partitioning is None else (partitioning.field or "_PARTITIONTIME")
+    return partition, tuple(table.clustering_fields or ())
+
+
+def laid_out_as_wanted(table: bigquery.Table) -> bool:
+    return current_layout(table) == LAYOUT.get(table.table_id, (None, ()))
+
+
+def describe_layout(partition: str | None, clustering: tuple[str, ...]) -> str:
+    parts = [f"partitioned on {partition}" if partition else "not partitioned"]
+    if clustering:
+        parts.append(f"clustered by {', '.join(clustering)}")
+    return " and ".join(parts)
 
 
 def _staging_name(run_id: str) -> str:
@@ -310,7 +429,7 @@ class BigQueryWarehouse(base.Warehouse):
 
     ``client`` is a ``google.cloud.bigquery.Client`` (dagster-gcp's ``BigQueryResource.get_client()``
     gives one); jobs run in ``location`` when given. ``retry`` governs API calls and waiting for jobs
-    (the client's default retries transient errors for up to 10 minutes).
+    (the client's default retries transient errors for up to 10 minutes). ``clock``: see ``refresh_repository_summary``.
     """
 
     def __init__(
@@ -324,6 +443,7 @@ class BigQueryWarehouse(base.Warehouse):
         retry: Retry = DEFAULT_RETRY,
         future_tolerance: timedelta = base.FUTURE_TOLERANCE,
         max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.client = client
         self.dataset = dataset
@@ -333,6 +453,9 @@ class BigQueryWarehouse(base.Warehouse):
         self.retry = retry
         self.future_tolerance = future_tolerance  # pulls dated further ahead of now count in no time window
         self.max_line_bytes = max_line_bytes  # longer lines are rejected as line_too_large, never parsed
+        # The summary's clock (its computed_at and time windows); None: BigQuery's CURRENT_TIMESTAMP(). Tests set
+        # it to turn the day.
+        self.clock = clock
         self._ensured = False
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -344,10 +467,10 @@ class BigQueryWarehouse(base.Warehouse):
     def _t(self, table: str) -> str:
         return f"`{self.table_id(table)}`"
 
-    def query(self, sql: str, parameters: Sequence[Any] = ()) -> list[bigquery.Row]:
+    def query(self, text: str, parameters: Sequence[Any] = ()) -> list[bigquery.Row]:
         """Run one query or script with query parameters; returns its (last statement's) rows."""
         config = bigquery.QueryJobConfig(query_parameters=list(parameters))
-        job = self.client.query(sql, job_config=config, location=self.location, retry=self.retry)
+        job = self.client.query(text, job_config=config, location=self.location, retry=self.retry)
         return list(job.result(retry=self.retry))
 
     def _ready(self) -> None:
@@ -357,7 +480,8 @@ class BigQueryWarehouse(base.Warehouse):
     # -- Warehouse ---------------------------------------------------------------------------------
 
     def ensure_tables(self) -> None:
-        """Create the dataset and any missing table or column; one metadata call per table when everything exists."""
+        """Create the dataset and any missing table or column, and drop retired tables; one metadata call per table
+        when everything exists."""
         dataset = bigquery.Dataset(f"{self.client.project}.{self.dataset}")
         try:
             self.client.get_dataset(dataset, retry=self.retry)
@@ -367,24 +491,49 @@ class BigQueryWarehouse(base.Warehouse):
                 dataset.location = self.location
             self.client.create_dataset(dataset, exists_ok=True, retry=self.retry)
             existing = set()
-        for name in TABLES:
+        for name in base.RETIRED_TABLES:
             if name in existing:
-                self._add_missing_columns(name)
-                continue
-            table = bigquery.Table(self.table_id(name), schema=table_schema(name))
-            partition, clustering = LAYOUT.get(name, (None, ()))
-            if partition:
-                table.time_partitioning = bigquery.TimePartitioning(
-                    type_=bigquery.TimePartitioningType.DAY, field=partition
-                )
-            if clustering:
-                table.clustering_fields = list(clustering)
-            self.client.create_table(table, exists_ok=True, retry=self.retry)
+                self.client.delete_table(self.table_id(name), not_found_ok=True, retry=self.retry)
+        for name in TABLES:
+            if name not in existing and name + RELAYOUT_SUFFIX in existing:
+                log.warning("%s: finishing its recreation with a new layout, cut short by a failure", name)
+                self._finish_relayout(name)
+                existing.add(name)
+            if name in existing:
+                self._upgrade(self.client.get_table(self.table_id(name), retry=self.retry))
+            else:
+                self.client.create_table(self._new_table(name), exists_ok=True, retry=self.retry)
         self._ensured = True
 
-    def _add_missing_columns(self, name: str) -> None:
-        """Give a table made by an earlier version the columns added since (NULL in its old rows)."""
-        table = self.client.get_table(self.table_id(name), retry=self.retry)
+    def _new_table(self, name: str, table_id: str | None = None) -> bigquery.Table:
+        """Table ``name`` of ``schema.py`` laid out as ``LAYOUT`` says (at ``table_id``, by default its own)."""
+        table = bigquery.Table(table_id or self.table_id(name), schema=table_schema(name))
+        partition, clustering = LAYOUT.get(name, (None, ()))
+        if partition:
+            table.time_partitioning = bigquery.TimePartitioning(
+                type_=bigquery.TimePartitioningType.DAY, field=partition
+            )
+        if clustering:
+            table.clustering_fields = list(clustering)
+        return table
+
+    def _upgrade(self, table: bigquery.Table) -> None:
+        """Bring a table made by an earlier version up to date: add its missing columns, and warn when it is laid
+        out otherwise (BigQuery cannot re-partition a table in place: a rebuild recreates it)."""
+        name = table.table_id
+        self._add_missing_columns(table)
+        if not laid_out_as_wanted(table):
+            log.warning(
+                "%s is %s, not %s as this version lays it out: loads and refreshes work, but read more of it than "
+                "their partitions. Run the rebuild_from_landing job: it recreates the table with the new layout",
+                name,
+                describe_layout(*current_layout(table)),
+                describe_layout(*LAYOUT.get(name, (None, ()))),
+            )
+
+    def _add_missing_columns(self, table: bigquery.Table) -> None:
+        """Give a table made by an earlier version the columns added since (NULL in its old rows unless filled)."""
+        name = table.table_id
         present = {field.name for field in table.schema}
         missing = [field for field in table_schema(name) if field.name not in present]
         if not missing:
@@ -403,6 +552,9 @@ class BigQueryWarehouse(base.Warehouse):
             for f in missing
             if f.name in LINE_KEY_OF_COLUMN and f.field_type == "STRING" and "raw_event" in present
         ]
+        if name == base.PULLS and "day" in {f.name for f in missing}:
+            # The day a pull is counted in and de-duplicated within: the day of its body.when.
+            statements.append(f"UPDATE {table_ref} SET day = DATE(body.`when`) WHERE day IS NULL;\n")
         self.query("".join(statements))
 
     def loaded_object_keys(self, keys: Sequence[str]) -> set[str]:
@@ -412,10 +564,17 @@ class BigQueryWarehouse(base.Warehouse):
         done: set[str] = set()
         unique = sorted(set(keys))
         for start in range(0, len(unique), MAX_SOURCE_URIS):
+            chunk = unique[start : start + MAX_SOURCE_URIS]
+            since = earliest_load(chunk)
+            # Only the ledger's partitions (DATE(loaded_at)) from the objects' landing on: see earliest_load.
+            recent = "" if since is None else " AND loaded_at >= @since"
             rows = self.query(
                 f"SELECT DISTINCT landing_object FROM {self._t(base.LOADED_OBJECTS)} "
-                "WHERE landing_object IN UNNEST(@keys)",
-                [bigquery.ArrayQueryParameter("keys", "STRING", unique[start : start + MAX_SOURCE_URIS])],
+                f"WHERE landing_object IN UNNEST(@keys){recent}",
+                [
+                    bigquery.ArrayQueryParameter("keys", "STRING", chunk),
+                    *([bigquery.ScalarQueryParameter("since", "TIMESTAMP", since)] if since else []),
+                ],
             )
             done.update(row[0] for row in rows)
         return done
@@ -452,6 +611,8 @@ class BigQueryWarehouse(base.Warehouse):
             lines_rejected=totals["rejected"],
             affected_days=list(totals["days"]),
             quarantined={key: reason for key, (reason, _) in totals["quarantined"].items()},
+            loaded_duplicate_keys=totals["duplicate_keys"],
+            loaded_missing_required=totals["missing_required"],
         )
 
     def _stage_readable(
@@ -486,11 +647,7 @@ class BigQueryWarehouse(base.Warehouse):
     def create_staging(
         self, run_id: str, suffix: str = "", schema: Sequence[bigquery.SchemaField] = ()
     ) -> bigquery.Table:
-        """A new staging table (by default one STRING column ``line``) that expires by itself if a run dies.
-
-        Its creation time is the lower bound of the load's ``loaded_at``, which lets the daily refresh
-        tell rows of a load still in flight (see ``refresh_daily_pulls``).
-        """
+        """A new staging table (by default one STRING column ``line``) that expires by itself if a run dies."""
         table = bigquery.Table(
             self.table_id(_staging_name(run_id) + suffix),
             schema=list(schema) or [bigquery.SchemaField("line", "STRING")],
@@ -660,13 +817,9 @@ FROM placed GROUP BY object_key
             )
             counts |= careful_counts
             quarantined |= unreadable
+        since = earliest_load(keys)
+        loaded_at = self._next_loaded_at(staging.created)
         try:
-            latest = self.query(f"SELECT MAX(loaded_at) FROM {self._t(base.LOADED_OBJECTS)}")[0][0]
-            # Never before the staging table's creation (see create_staging), and after every earlier load
-            # even if a clock stepped back: the daily refresh's watermark relies on both.
-            loaded_at = staging.created
-            if latest is not None and latest >= loaded_at:
-                loaded_at = latest + timedelta(microseconds=1)
             per_object = self.query(
                 script_variables(
                     v_keys=("ARRAY<STRING>", keys),
@@ -678,26 +831,60 @@ FROM placed GROUP BY object_key
                     v_token_window=("INT64", int(base.TOKEN_REPLAY_WINDOW.total_seconds())),
                     v_loaded_at=("TIMESTAMP", loaded_at),
                     v_run_id=("STRING", run_id),
+                    v_since=("TIMESTAMP", since),
+                    v_batch=(_BATCH_TYPE, None),  # set by the script once it has judged the lines
                 )
-                + self._merge_script(staging, careful_table)
+                + self._merge_script(staging, careful_table, since)
             )
         finally:
             if careful_table is not None:
                 self.client.delete_table(careful_table, not_found_ok=True, retry=self.retry)
         stats = {row["landing_object"]: row for row in per_object if row["landing_object"] not in quarantined}
         _check_accounting(stats, counts)
-        self._record_ledger(stats, quarantined, loaded_at, run_id)
+        self._record_ledger(stats, quarantined, loaded_at, run_id, since)
         return {
             "lines": sum(row["lines"] for row in stats.values()),
             "pulls": sum(row["pulls"] for row in stats.values()),
             "events": sum(row["events"] for row in stats.values()),
             "duplicates": sum(row["duplicates"] for row in stats.values()),
             "rejected": sum(row["rejected"] for row in stats.values()),
-            "days": sorted(
-                {date.fromisoformat(day) for row in stats.values() for day in (row["days"] or "").split(",") if day}
-            ),
+            "days": _days_of(stats, "days"),
             "quarantined": quarantined,
+            **self._loaded_row_figures(stats, loaded_at),
         }
+
+    def _next_loaded_at(self, created: datetime) -> datetime:
+        """The load's ``loaded_at``: its staging table's creation, unless an earlier load has one as late (a clock
+        stepped back), then just after it. Distinct per load: the per-load checks find a load's rows by it.
+
+        Only the ledger's partitions (DATE(loaded_at)) of the day before are read: a clock stepping back by more
+        than that is not made up for.
+        """
+        latest = self.query(
+            f"SELECT MAX(loaded_at) FROM {self._t(base.LOADED_OBJECTS)} WHERE loaded_at >= @since",
+            [bigquery.ScalarQueryParameter("since", "TIMESTAMP", created - LANDING_CLOCK_MARGIN)],
+        )[0][0]
+        if latest is not None and latest >= created:
+            return latest + timedelta(microseconds=1)
+        return created
+
+    def _loaded_row_figures(self, stats: dict[str, Any], loaded_at: datetime) -> dict[str, int]:
+        """The per-load checks' figures (``sql/bigquery/loaded_rows.sql``): the load's own rows, judged against the
+        tables in the partitions they went to."""
+        pull_days, event_days = _days_of(stats, "days"), _days_of(stats, "event_days")
+        null_event_day = any(row["null_event_day"] for row in stats.values())
+        if not (pull_days or event_days or null_event_day):
+            return {"duplicate_keys": 0, "missing_required": 0}  # the load wrote no row
+        row = self._script(
+            "loaded_rows",
+            {
+                "v_loaded_at": ("TIMESTAMP", loaded_at),
+                **day_variables(pull_days),
+                **day_variables(event_days, "event_day"),
+                "v_null_event_day": ("BOOL", null_event_day),
+            },
+        )
+        return {"duplicate_keys": int(row["duplicate_keys"]), "missing_required": int(row["missing_required"])}
 
     def _record_ledger(
         self,
@@ -705,9 +892,10 @@ FROM placed GROUP BY object_key
         quarantined: dict[str, tuple[str, str]],
         loaded_at: datetime,
         run_id: str,
+        since: datetime | None,
     ) -> None:
         """The ledger rows of the objects loaded (LAST: an object counts as loaded only once all of its rows are
-        in), and one quarantine row per object that could not be read at all."""
+        in), and one quarantine row per object that could not be read at all. ``since``: see ``earliest_load``."""
         done, gone = sorted(stats), sorted(quarantined)
         # Literal rows as plain SELECTs, which every engine (the emulator too) reads alike.
         ledger_rows = " UNION ALL ".join(
@@ -724,14 +912,16 @@ FROM placed GROUP BY object_key
             v_settled=("ARRAY<STRING>", [*done, *gone]),
             v_loaded_at=("TIMESTAMP", loaded_at),
             v_run_id=("STRING", run_id),
+            v_since=("TIMESTAMP", since),
         )
+        recent = "" if since is None else " AND loaded_at >= v_since"
         if done:
             script += f"""
 INSERT INTO {self._t(base.LOADED_OBJECTS)}
   (landing_object, lines, pulls_inserted, events_inserted, duplicates_skipped, lines_rejected, loaded_at, run_id)
 SELECT *, v_loaded_at, v_run_id FROM ({ledger_rows})
 WHERE landing_object NOT IN (
-  SELECT landing_object FROM {self._t(base.LOADED_OBJECTS)} WHERE landing_object IN UNNEST(v_settled));
+  SELECT landing_object FROM {self._t(base.LOADED_OBJECTS)} WHERE landing_object IN UNNEST(v_settled){recent});
 """
         script += f"DELETE FROM {self._t(base.QUARANTINED)} WHERE landing_object IN UNNEST(v_settled);\n"
         if gone:
@@ -741,7 +931,25 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
 """
         self.query(script)
 
-    def _merge_script(self, staging: bigquery.Table, careful: bigquery.Table | None) -> str:
+    def _merge_script(self, staging: bigquery.Table, careful: bigquery.Table | None, since: datetime | None) -> str:
+        """The load's script: judge the staged lines, find the partitions the batch touches (``v_batch``), decide
+        each line's outcome, write the rows and the rejections, and return what each object's lines became."""
+        run = uuid.uuid4().hex[:8]  # unique temp table names: bqemulator keeps a script's temp tables after it ends
+        lines, outcomes = f"lines_{run}", f"outcomes_{run}"
+        return "\n".join(
+            [
+                f"CREATE TEMP TABLE {lines} AS\n{self._judged_lines(staging, careful)};",
+                _BATCH_PARTITIONS.format(lines=lines),
+                f"CREATE TEMP TABLE {outcomes} AS\n{self._outcomes(lines)};",
+                self._merge(base.PULLS, "pull", lines, outcomes),
+                self._merge(base.EVENTS, "event", lines, outcomes),
+                self._rejections(lines, outcomes, since),
+                _OBJECT_FIGURES.format(lines=lines, outcomes=outcomes),
+            ]
+        )
+
+    def _judged_lines(self, staging: bigquery.Table, careful: bigquery.Table | None) -> str:
+        """A query of every staged line, parsed once, judged by the rules (first failing rule wins) and placed."""
         staged = f"`{staging.project}.{staging.dataset_id}.{staging.table_id}`"
         # The careful reading's rows (see stage_carefully): position and object known, text base64-encoded.
         careful_lines = (
@@ -753,7 +961,6 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
             else ""
         )
         o = "o"
-        lines = f"lines_{uuid.uuid4().hex[:8]}"  # unique: bqemulator keeps a script's temp tables after it ends
 
         def jt(*keys: str) -> str:
             return json_type(o, keys)
@@ -766,57 +973,11 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
 
         when_text = json_text(o, ("data", "body", "when"))
         status = ("data", "body", "error", "status")
-
-        def token_rows(table: str) -> str:
-            """An earlier load's events carrying one of the batch's tokens, received within the replay window."""
-            return f"""SELECT token_sha256 AS token, event_source, event_id, event_type, received_at, 0 AS batch,
-      CAST(NULL AS STRING) AS landing_object, CAST(NULL AS INT64) AS landing_line, CAST(NULL AS STRING) AS object_key,
-      CAST(NULL AS INT64) AS position
-    FROM {self._t(table)}
-    WHERE token_sha256 IN (SELECT token FROM tokens)
-      AND received_at >= (SELECT TIMESTAMP_SUB(MIN(received_at), INTERVAL v_token_window SECOND) FROM tokens)"""
-
-        def merge(table: str, outcome: str, values: dict[str, str]) -> str:
-            sources = {
-                **{c.name: c.name for c in ENVELOPE},
-                **values,
-                **{
-                    c: c
-                    for c in (
-                        "landing_object",
-                        "landing_line",
-                        "received_at",
-                        "received_by",
-                        "body_sha256",
-                        "token_sha256",
-                    )
-                },
-                "loaded_at": "v_loaded_at",
-                # Read only for the rows merged: the rows of one kind, all of them good lines.
-                "raw_event": f"IF(IFNULL({keeps_raw_event(o, table == base.PULLS)}, TRUE), {o}, NULL)",
-            }
-            columns = [ident(c.name) for c in TABLES[table]]
-            select = ", ".join(f"{sources[c.name]} AS {ident(c.name)}" for c in TABLES[table])
-            return f"""
-MERGE {self._t(table)} T
-USING (SELECT {select} FROM {lines} WHERE outcome = '{outcome}') S
-ON T.event_source = S.event_source AND T.event_id = S.event_id
-WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
-  VALUES ({", ".join(f"S.{c}" for c in columns)});"""
-
-        pull_values = {
-            "repository": json_text(o, ("data", "body", "repository")),
-            "actor": column_value(ACTOR, o, ("data", "actor")),
-            "body": column_value(PULL_BODY, o, ("data", "body")),
-        }
-        event_values = {"data": f"JSON_QUERY({o}, '$.data')"}
-        # The attributes and receiver keys read as plain text (the ones above have rules or types of their own).
+        # The attributes and receiver keys read as plain text (the ones below have rules or types of their own).
         plain = ("specversion", "datacontenttype", "dataschema", "audience", "actor", "body_sha256", "token_sha256")
         more_attributes = ",\n    ".join(f"{json_text(o, (key,))} AS {LINE_KEYS[key]}" for key in plain)
 
-        return f"""
-CREATE TEMP TABLE {lines} AS
-WITH read AS (
+        return f"""WITH read AS (
   SELECT line, CAST(NULL AS STRING) AS problem, CAST(NULL AS INT64) AS position, CAST(NULL AS STRING) AS read_key
   FROM {staged} WHERE line IS NOT NULL AND TRIM(line, ' \\t\\r') != ''{careful_lines}
 ), raw AS (
@@ -872,45 +1033,67 @@ WITH read AS (
   -- belongs to one of them.
   SELECT * FROM placed
   WHERE read_key IS NOT NULL OR (object_key NOT IN UNNEST(v_careful_keys) AND object_key NOT IN UNNEST(v_skip_keys))
-), ranked AS (
-  SELECT *,
-    COALESCE(own_object, object_key) AS landing_object,
-    -- The line's own number when it names another object (a copy) and is a number; else where it was read.
-    IF(own_object != object_key AND own_line >= 1, own_line, COALESCE(position, own_line)) AS landing_line,
-    IF(reason IS NULL, ROW_NUMBER() OVER (
-      PARTITION BY reason IS NULL, is_pull, event_source, event_id
-      ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), COALESCE(own_line, position),
-        object_key, position), NULL)
-      AS copy_number
-  FROM accounted
-), existing AS (
-  SELECT DISTINCT TRUE AS is_pull, t.event_source, t.event_id
-  FROM {self._t(base.PULLS)} t
-  JOIN (SELECT DISTINCT event_source, event_id FROM ranked WHERE reason IS NULL AND is_pull) k
-    ON t.event_source = k.event_source AND t.event_id = k.event_id
+)
+SELECT *,
+  ROW_NUMBER() OVER () AS line_id,
+  -- The partition a row of the line goes to: the pull table's day (of body.when), the events table's day of time.
+  IF(is_pull, DATE(body_when), DATE(event_time)) AS day,
+  COALESCE(own_object, object_key) AS landing_object,
+  -- The line's own number when it names another object (a copy) and is a number; else where it was read.
+  IF(own_object != object_key AND own_line >= 1, own_line, COALESCE(position, own_line)) AS landing_line,
+  IF(reason IS NULL, ROW_NUMBER() OVER (
+    PARTITION BY reason IS NULL, is_pull, event_source, event_id
+    ORDER BY received_at ASC NULLS LAST, COALESCE(own_object, object_key), COALESCE(own_line, position),
+      object_key, position), NULL)
+    AS copy_number
+FROM accounted"""
+
+    def _outcomes(self, lines: str) -> str:
+        """A query of what each judged line becomes: a pull or event row, a duplicate, or rejected."""
+        pulls, events = self._t(base.PULLS), self._t(base.EVENTS)
+
+        def token_rows(table: str, partitions: str) -> str:
+            """An earlier load's events carrying one of the batch's tokens, received within the replay window."""
+            return f"""SELECT token_sha256 AS token, event_source, event_id, event_type, received_at, 0 AS batch,
+      CAST(NULL AS STRING) AS landing_object, CAST(NULL AS INT64) AS landing_line, CAST(NULL AS STRING) AS object_key,
+      CAST(NULL AS INT64) AS position
+    FROM {table}
+    WHERE {partitions} AND token_sha256 IN (SELECT token FROM tokens)
+      AND received_at >= (SELECT TIMESTAMP_SUB(MIN(received_at), INTERVAL v_token_window SECOND) FROM tokens)"""
+
+        return f"""WITH existing AS (
+  -- A redelivery carries the same body.when (or time): only the batch's partitions can hold an earlier copy.
+  SELECT DISTINCT TRUE AS is_pull, t.event_source, t.event_id, t.day
+  FROM {pulls} t
+  JOIN (SELECT DISTINCT event_source, event_id, day FROM {lines} WHERE reason IS NULL AND is_pull) k
+    ON t.event_source = k.event_source AND t.event_id = k.event_id AND t.day = k.day
+  WHERE {_PULL_DAYS.format(t="t")}
   UNION ALL
-  SELECT DISTINCT FALSE AS is_pull, t.event_source, t.event_id
-  FROM {self._t(base.EVENTS)} t
-  JOIN (SELECT DISTINCT event_source, event_id FROM ranked WHERE reason IS NULL AND NOT is_pull) k
-    ON t.event_source = k.event_source AND t.event_id = k.event_id
+  SELECT DISTINCT FALSE AS is_pull, t.event_source, t.event_id, DATE(t.event_time) AS day
+  FROM {events} t
+  JOIN (SELECT DISTINCT event_source, event_id, day FROM {lines} WHERE reason IS NULL AND NOT is_pull) k
+    ON t.event_source = k.event_source AND t.event_id = k.event_id AND DATE(t.event_time) IS NOT DISTINCT FROM k.day
+  WHERE {_EVENT_DAYS.format(t="t")}
 ), tokens AS (
   SELECT token_sha256 AS token, event_source, event_id, event_type, received_at, 1 AS batch, landing_object,
     landing_line, object_key, position
-  FROM ranked WHERE reason IS NULL AND token_sha256 IS NOT NULL
+  FROM {lines} WHERE reason IS NULL AND token_sha256 IS NOT NULL
 ), bound AS (
   -- A token authorizes one event: the first it carried (an earlier load's row within the replay window, else
-  -- this batch's first by receipt) binds it.
+  -- this batch's first by receipt) binds it. An earlier event is dated (body.when, time) about when it was
+  -- received, so only partitions from the day before the window's start (v_batch.token_day) are read: an event
+  -- dated more than a day before its own receipt is not found, and its replay is taken for the token's first.
   SELECT token, event_source, event_id, event_type FROM (
-    {token_rows(base.PULLS)}
+    {token_rows(pulls, "day >= v_batch.token_day")}
     UNION ALL
-    {token_rows(base.EVENTS)}
+    {token_rows(events, "(event_time >= TIMESTAMP(v_batch.token_day) OR event_time IS NULL)")}
     UNION ALL
     SELECT * FROM tokens)
   WHERE TRUE
   QUALIFY ROW_NUMBER() OVER (PARTITION BY token
     ORDER BY batch, received_at, landing_object, landing_line, object_key, position) = 1
 )
-SELECT r.*,
+SELECT r.line_id,
   CASE
     WHEN r.reason IS NOT NULL THEN 'rejected'
     -- Another event under a token that authorized one already: rejected as token_replayed.
@@ -920,136 +1103,143 @@ SELECT r.*,
     WHEN r.is_pull THEN 'pull'
     ELSE 'event'
   END AS outcome
-FROM ranked r
+FROM {lines} r
 LEFT JOIN existing e
   ON e.is_pull = r.is_pull AND e.event_source = r.event_source AND e.event_id = r.event_id
-LEFT JOIN bound d ON r.reason IS NULL AND d.token = r.token_sha256;
-{merge(base.PULLS, "pull", pull_values)}
-{merge(base.EVENTS, "event", event_values)}
+    AND e.day IS NOT DISTINCT FROM r.day
+LEFT JOIN bound d ON r.reason IS NULL AND d.token = r.token_sha256"""
 
+    def _merge(self, table: str, outcome: str, lines: str, outcomes: str) -> str:
+        """The MERGE writing one table's new rows, each copied from its line's column of the same name or read
+        out of the line. The key is looked for in the batch's partitions only (a redelivery is dated alike)."""
+        o = "o"
+        values = (
+            {
+                "repository": json_text(o, ("data", "body", "repository")),
+                "day": "day",
+                "actor": column_value(ACTOR, o, ("data", "actor")),
+                "body": column_value(PULL_BODY, o, ("data", "body")),
+            }
+            if table == base.PULLS
+            else {"data": f"JSON_QUERY({o}, '$.data')"}
+        )
+        lineage = ("landing_object", "landing_line", "received_at", "received_by", "body_sha256", "token_sha256")
+        sources = {
+            **{c.name: c.name for c in ENVELOPE},
+            **values,
+            **{c: c for c in lineage},
+            "loaded_at": "v_loaded_at",
+            # Read only for the rows merged: the rows of one kind, all of them good lines.
+            "raw_event": f"IF(IFNULL({keeps_raw_event(o, table == base.PULLS)}, TRUE), {o}, NULL)",
+        }
+        columns = [ident(c.name) for c in TABLES[table]]
+        select = ", ".join(f"{sources[c.name]} AS {ident(c.name)}" for c in TABLES[table])
+        same_partition = (
+            f"T.day = S.day AND {_PULL_DAYS.format(t='T')}"
+            if table == base.PULLS
+            else f"DATE(T.event_time) IS NOT DISTINCT FROM DATE(S.event_time) AND {_EVENT_DAYS.format(t='T')}"
+        )
+        return f"""
+MERGE {self._t(table)} T
+USING (SELECT {select} FROM {lines} JOIN {outcomes} USING (line_id) WHERE outcome = '{outcome}') S
+ON T.event_source = S.event_source AND T.event_id = S.event_id AND {same_partition}
+WHEN NOT MATCHED THEN INSERT ({", ".join(columns)})
+  VALUES ({", ".join(f"S.{c}" for c in columns)});"""
+
+    def _rejections(self, lines: str, outcomes: str, since: datetime | None) -> str:
+        """The INSERT of the rejected lines not yet recorded where they were read."""
+        # A line cannot have been rejected before its object landed: only partitions from then on are read.
+        recent = "" if since is None else " AND r.rejected_at >= v_since"
+        return f"""
 -- Where the load read the line: what a rejected line says of itself is not to be trusted.
 INSERT INTO {self._t(base.REJECTED)} (landing_object, landing_line, reason, raw_line, rejected_at, run_id)
 SELECT object_key, COALESCE(position, own_line), IFNULL(reason, {sql_literal(base.TOKEN_REPLAYED)}),
   IF(reason = 'line_too_large' AND problem IS NULL, LEFT(line, v_prefix), line), v_loaded_at, v_run_id
-FROM {lines} l
+FROM {lines} l JOIN {outcomes} USING (line_id)
 WHERE outcome = 'rejected' AND NOT EXISTS (
   SELECT 1 FROM {self._t(base.REJECTED)} r
-  WHERE r.landing_object = l.object_key AND r.landing_line = COALESCE(l.position, l.own_line));
+  WHERE r.landing_object = l.object_key AND r.landing_line = COALESCE(l.position, l.own_line){recent});"""
 
--- What each object's lines became: checked against its bytes' count before its ledger row is written.
-SELECT k AS landing_object, COUNT(l.outcome) AS lines,
-  COUNTIF(l.outcome = 'pull') AS pulls, COUNTIF(l.outcome = 'event') AS events,
-  COUNTIF(l.outcome = 'duplicate') AS duplicates, COUNTIF(l.outcome = 'rejected') AS rejected,
-  STRING_AGG(DISTINCT IF(l.outcome = 'pull', CAST(DATE(l.body_when) AS STRING), NULL), ',') AS days
-FROM UNNEST(v_keys) AS k
-LEFT JOIN {lines} l ON l.object_key = k
-GROUP BY k;
-"""
-
-    def refresh_daily_pulls(self) -> base.RefreshResult:
-        """Recompute the days of pulls loaded since the watermark, then advance it.
-
-        The watermark is the latest ``loaded_at`` consumed. Loads can run concurrently in BigQuery, so
-        a load that started earlier may commit rows with a smaller ``loaded_at`` after a later one: rows
-        are only consumed up to a cut-off before the oldest load still in flight (every load's rows carry
-        a ``loaded_at`` no earlier than its staging table's creation, and the staging table lives until
-        the load is done), and before now. Rows past the cut-off are left for the next refresh.
-        """
+    def pull_days(self) -> list[date]:
         self._ready()
-        now = self.query("SELECT CURRENT_TIMESTAMP()")[0][0]
-        cutoff = now
-        for table in self.client.list_tables(f"{self.client.project}.{self.dataset}", retry=self.retry):
-            if table.table_id.startswith(STAGING_PREFIX) and table.created and table.created > now - self.staging_ttl:
-                cutoff = min(cutoff, table.created - timedelta(microseconds=1))
-        state = self.query(
-            f"SELECT MAX(loaded_through) FROM {self._t(base.REFRESH_STATE)} WHERE table_name = @table",
-            [bigquery.ScalarQueryParameter("table", "STRING", base.DAILY_PULLS)],
-        )
-        mark = state[0][0] if state else None
-        pulls, daily = self._t(base.PULLS), self._t(base.DAILY_PULLS)
-        days = f"refresh_days_{uuid.uuid4().hex[:8]}"  # unique: bqemulator keeps a script's temp tables
-        consumed = "(v_mark IS NULL OR loaded_at > v_mark) AND loaded_at <= v_cutoff"
-        row = self.query(
-            script_variables(v_mark=("TIMESTAMP", mark), v_cutoff=("TIMESTAMP", cutoff))
-            + f"""
-CREATE TEMP TABLE {days} AS
-SELECT DISTINCT DATE(body.`when`) AS day FROM {pulls} WHERE {consumed} AND body.`when` IS NOT NULL;
+        rows = self.query(f"SELECT DISTINCT day FROM {self._t(base.PULLS)} WHERE day IS NOT NULL ORDER BY day")
+        return [row[0] for row in rows]
 
-BEGIN TRANSACTION;
-DELETE FROM {daily} WHERE day IN (SELECT day FROM {days});
-INSERT INTO {daily} (day, repository, events, image_pulls, manifest_heads, blob_gets, errors,
-  unique_actors, unique_clients, computed_at)
-SELECT DATE(body.`when`) AS day, repository,
-  COUNT(*),
-  COUNTIF(body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL),
-  COUNTIF(body.method = 'HEAD' AND body.type = 'manifest'),
-  COUNTIF(body.method = 'GET' AND body.type = 'blob'),
-  COUNTIF(body.error IS NOT NULL),
-  COUNT(DISTINCT actor.subject),
-  COUNT(DISTINCT body.remote_address),
-  CURRENT_TIMESTAMP()
-FROM {pulls}
-WHERE DATE(body.`when`) IN (SELECT day FROM {days})
-GROUP BY day, repository;
-MERGE {self._t(base.REFRESH_STATE)} T
-USING (SELECT * FROM (SELECT {sql_literal(base.DAILY_PULLS)} AS table_name, MAX(loaded_at) AS through
-                      FROM {pulls} WHERE {consumed})
-       WHERE through IS NOT NULL) S
-ON T.table_name = S.table_name
-WHEN MATCHED THEN UPDATE SET loaded_through = S.through, refreshed_at = CURRENT_TIMESTAMP()
-WHEN NOT MATCHED THEN INSERT (table_name, loaded_through, refreshed_at)
-  VALUES (S.table_name, S.through, CURRENT_TIMESTAMP());
-COMMIT TRANSACTION;
+    def _derived_tables(self) -> dict[str, str]:
+        """The ``{{placeholders}}`` of the derived layer's SQL: its tables' qualified names."""
+        return {
+            "pulls": self._t(base.PULLS),
+            "events": self._t(base.EVENTS),
+            "daily": self._t(base.DAILY_PULLS),
+            "daily_values": self._t(base.DAILY_VALUES),
+            "repository_values": self._t(base.REPOSITORY_VALUES),
+            "pending": self._t(base.SUMMARY_PENDING),
+            "summary": self._t(base.REPOSITORY_SUMMARY),
+        }
 
-SELECT ARRAY(SELECT day FROM {days} ORDER BY day) AS days,
-  (SELECT COUNT(*) FROM {daily} WHERE day IN (SELECT day FROM {days})) AS written,
-  (SELECT COUNT(*) FROM {daily}) AS table_rows;
-"""
-        )[0]
-        return base.RefreshResult(
-            days_recomputed=list(row["days"]), rows_written=row["written"], table_rows=row["table_rows"]
+    def _statements(self, name: str) -> list[str]:
+        """The statements of ``sql/bigquery/<name>.sql``, filled in; ``{{run}}`` names this run's temp tables."""
+        text = sql.source("bigquery", name)
+        names = {**self._derived_tables(), "run": uuid.uuid4().hex[:8]}
+        used = {key: value for key, value in names.items() if "{{" + key + "}}" in text}
+        return list(sql.statements("bigquery", name, **used).values())
+
+    def _script(self, name: str, variables: dict[str, tuple[str, object]], *, transaction: bool = False) -> Any:
+        """Run ``sql/bigquery/<name>.sql`` as one script and return its last statement's row. ``transaction``: every
+        statement but the last commits together (the last, after the commit, reports what the others did)."""
+        *changes, last = self._statements(name)
+        body = "".join(f"{statement};\n" for statement in changes)
+        if transaction:
+            body = f"BEGIN TRANSACTION;\n{body}COMMIT TRANSACTION;\n"
+        return self.query(f"{script_variables(**variables)}{body}{last};\n")[0]
+
+    def refresh_daily_pulls(self, days: Sequence[date]) -> base.DailyRefresh:
+        self._ready()
+        ordered = sorted(set(days))
+        row = self._script("refresh_daily_pulls", day_variables(ordered), transaction=True)
+        counts = {entry["day"]: entry["n"] for entry in row["rows_per_day"]}
+        return base.DailyRefresh(
+            days=ordered,
+            rows_per_day={day: int(counts.get(day, 0)) for day in ordered},
+            repositories_marked=int(row["marked"]),
+            table_rows=int(row["table_rows"]),
         )
 
-    def refresh_repository_summary(self) -> base.RefreshResult:
+    def refresh_repository_summary(self) -> base.SummaryRefresh:
         self._ready()
-        summary = self._t(base.REPOSITORY_SUMMARY)
-        row = self.query(
-            script_variables(v_tolerance_s=("INT64", int(self.future_tolerance.total_seconds())))
-            + f"""
--- The refresh time (computed_at), also as UTC civil time like body.when. A pull dated past the horizon is not
--- plausible: it counts in no time-based figure, so it cannot empty everyone's windows (the checks flag it).
-DECLARE v_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP();
-DECLARE v_now DATETIME DEFAULT DATETIME(v_at);
-DECLARE v_horizon DATETIME DEFAULT DATETIME_ADD(v_now, INTERVAL v_tolerance_s SECOND);
-BEGIN TRANSACTION;
-DELETE FROM {summary} WHERE TRUE;
-INSERT INTO {summary} (repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients,
-  first_seen, last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags, computed_at)
-WITH p AS (
-  SELECT repository, body.`when` AS seen, body.`when` <= v_horizon AS plausible, body.tag AS tag,
-    body.error IS NOT NULL AS failed,
-    body.method = 'GET' AND body.type = 'manifest' AND body.error IS NULL AS image_pull,
-    actor.subject AS actor, body.remote_address AS client
-  FROM {self._t(base.PULLS)}
-), tag_pulls AS (
-  SELECT repository, tag, COUNT(*) AS image_pulls FROM p WHERE image_pull AND tag IS NOT NULL GROUP BY repository, tag
-), top AS (
-  SELECT repository,
-    ARRAY_AGG(STRUCT(tag AS tag, image_pulls AS image_pulls) ORDER BY image_pulls DESC, tag ASC LIMIT 5) AS top_tags
-  FROM tag_pulls GROUP BY repository
-)
-SELECT p.repository, COUNT(*), COUNTIF(image_pull), COUNTIF(failed), COUNTIF(failed) / COUNT(*),
-  COUNT(DISTINCT actor), COUNT(DISTINCT client), MIN(IF(plausible, seen, NULL)), MAX(IF(plausible, seen, NULL)),
-  COUNTIF(image_pull AND plausible AND seen > DATETIME_SUB(v_now, INTERVAL 7 DAY)),
-  COUNTIF(image_pull AND plausible AND seen > DATETIME_SUB(v_now, INTERVAL 30 DAY)),
-  IFNULL(ANY_VALUE(top.top_tags), []), v_at
-FROM p LEFT JOIN top ON top.repository = p.repository
-GROUP BY p.repository;
-COMMIT TRANSACTION;
-SELECT COUNT(*) AS table_rows FROM {summary};
-"""
-        )[0]
-        return base.RefreshResult(days_recomputed=[], rows_written=row["table_rows"], table_rows=row["table_rows"])
+        # Read before the script, which needs the window: summary refreshes run one at a time (Dagster's warehouse
+        # pool), so no other refresh moves the latest computed_at in between.
+        [(now, last)] = self.query(
+            f"SELECT CURRENT_TIMESTAMP(), MAX(computed_at) FROM {self._t(base.REPOSITORY_SUMMARY)}"
+        )
+        clock = self.clock() if self.clock is not None else now
+        window = base.summary_window(clock, last, self.future_tolerance)
+        variables = {f"v_{name}": (_variable_type(value), value) for name, value in window.parameters().items()}
+        row = self._script("refresh_repository_summary", {"v_at": ("TIMESTAMP", clock), **variables}, transaction=True)
+        return base.SummaryRefresh(
+            repositories_recomputed=int(row["recomputed"]),
+            day_turned=window.day_turned,
+            table_rows=int(row["table_rows"]),
+            computed_at=clock,
+        )
+
+    def summary_audit(self) -> base.SummaryAudit:
+        self._ready()
+        as_of = self.query(f"SELECT MAX(computed_at) FROM {self._t(base.REPOSITORY_SUMMARY)}")[0][0]
+        row = self._script(
+            "summary_audit",
+            {
+                "v_as_of": ("TIMESTAMP", as_of),
+                "v_tolerance_s": ("INT64", int(self.future_tolerance.total_seconds())),
+                "v_examples": ("INT64", base.SUMMARY_AUDIT_EXAMPLES),
+            },
+        )
+        return base.SummaryAudit(
+            rows_compared=int(row["compared"]),
+            rows_differing=int(row["differing"]),
+            examples=list(row["examples"]),
+            as_of=as_of,
+        )
 
     def check_figures(self) -> base.CheckFigures:
         self._ready()
@@ -1121,17 +1311,17 @@ ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
         return [(f.name, sql_type(f)) for f in self.client.get_table(self.table_id(table), retry=self.retry).schema]
 
     def drop_all(self) -> None:
-        """Drop every table of the dataset, staging tables of dead runs included; the dataset stays."""
+        """Drop every table of the dataset, retired ones and leftovers of dead runs included; the dataset stays."""
         dataset = f"{self.client.project}.{self.dataset}"
         try:
             leftovers = [
                 t.table_id
                 for t in self.client.list_tables(dataset, retry=self.retry)
-                if t.table_id.startswith(STAGING_PREFIX)
+                if t.table_id.startswith(STAGING_PREFIX) or t.table_id.endswith(RELAYOUT_SUFFIX)
             ]
         except NotFound:
             leftovers = []
-        for table in (*TABLES, *leftovers):
+        for table in (*TABLES, *base.RETIRED_TABLES, *leftovers):
             self.client.delete_table(self.table_id(table), not_found_ok=True, retry=self.retry)
         self._ensured = False
 
@@ -1148,11 +1338,16 @@ ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
         """Replace every table's rows by the shadow's, in one multi-statement transaction.
 
         A transaction commits its DML on every table together or not at all. DELETE + INSERT (not copy jobs,
-        which commit one table at a time) also keeps each table's schema, partitioning and clustering.
+        which commit one table at a time) also keeps each table's schema, partitioning and clustering, so a table
+        laid out otherwise by an earlier version is first recreated with this version's layout, its rows kept
+        (``_relayout``): the swap that follows is all or nothing whatever happened before it.
         """
         if not isinstance(shadow, BigQueryWarehouse) or shadow.dataset == self.dataset:
             raise ValueError("swap_in takes this warehouse's shadow (see shadow())")
         self.ensure_tables()
+        for name in TABLES:
+            if not laid_out_as_wanted(self.client.get_table(self.table_id(name), retry=self.retry)):
+                self._relayout(name)
         statements = ""
         for table, columns in TABLES.items():
             names = ", ".join(ident(column.name) for column in columns)
@@ -1161,6 +1356,33 @@ ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
                 f"INSERT INTO {self._t(table)} ({names}) SELECT {names} FROM {shadow._t(table)};\n"
             )
         self.query(f"BEGIN TRANSACTION;\n{statements}COMMIT TRANSACTION;\n")
+
+    def _relayout(self, name: str) -> None:
+        """Recreate table ``name`` with this version's layout, keeping its rows.
+
+        BigQuery cannot re-partition a table, nor change a table's partitioning by replacing or copying onto it. The
+        rows are copied into ``<name>__relayout``, made with the new layout; the table is dropped and that copy is
+        copied to its name (a copy job makes the table as its source is). Until then, readers of the table fail. A
+        failure leaves the rows in the table or in the copy, from which ``ensure_tables`` recreates it.
+        """
+        log.warning(
+            "%s: recreating it with this version's layout (%s)", name, describe_layout(*LAYOUT.get(name, (None, ())))
+        )
+        temporary = self.table_id(name + RELAYOUT_SUFFIX)
+        self.client.delete_table(temporary, not_found_ok=True, retry=self.retry)
+        self.client.create_table(self._new_table(name, temporary), retry=self.retry)
+        names = ", ".join(ident(column.name) for column in TABLES[name])
+        self.query(f"INSERT INTO `{temporary}` ({names}) SELECT {names} FROM {self._t(name)}")
+        self.client.delete_table(self.table_id(name), retry=self.retry)
+        self._finish_relayout(name)
+
+    def _finish_relayout(self, name: str) -> None:
+        """Make table ``name`` from its copy ``<name>__relayout`` (see ``_relayout``) and drop the copy."""
+        temporary = self.table_id(name + RELAYOUT_SUFFIX)
+        self.client.copy_table(temporary, self.table_id(name), location=self.location, retry=self.retry).result(
+            retry=self.retry
+        )
+        self.client.delete_table(temporary, retry=self.retry)
 
     def drop_shadow(self) -> None:
         self.client.delete_dataset(

@@ -396,6 +396,8 @@ class DuckDBWarehouse(base.Warehouse):
         self.future_tolerance = future_tolerance  # pulls dated further ahead of now count in no time window
         # The tables were made or checked by this object (one asset's work): later calls skip the DDL.
         self._tables_ready = False
+        # What the summary's refresh counts its time windows from; None: the warehouse's own now(). Tests set it.
+        self.clock: Callable[[], datetime] | None = None
 
     # -- connections -------------------------------------------------------------------------------
 
@@ -1140,10 +1142,13 @@ class DuckDBWarehouse(base.Warehouse):
             try:
                 # now() is the transaction's start: the computed_at of every row written here.
                 clock, last = conn.execute(f"SELECT now(), (SELECT max(computed_at) FROM {summary})").fetchone()
+                if self.clock is not None:
+                    clock = self.clock()
                 window = base.summary_window(clock, last, self.future_tolerance)
+                parameters = {**window.parameters(), "computed_at": clock}
                 for name, statement in statements.items():
                     if name != "recomputed":
-                        conn.execute(statement, _used(statement, window.parameters()))
+                        conn.execute(statement, _used(statement, parameters))
                 recomputed = conn.execute(statements["recomputed"]).fetchone()[0]
                 table_rows = conn.execute(f"SELECT count(*) FROM {summary}").fetchone()[0]
                 conn.execute("COMMIT")

@@ -48,8 +48,10 @@ def rows(warehouse: BigQueryWarehouse, sql: str) -> list[tuple]:
         "ledger": base.LOADED_OBJECTS,
         "quarantined": base.QUARANTINED,
         "daily": base.DAILY_PULLS,
+        "daily_values": base.DAILY_VALUES,
+        "repository_values": base.REPOSITORY_VALUES,
+        "pending": base.SUMMARY_PENDING,
         "summary": base.REPOSITORY_SUMMARY,
-        "state": base.REFRESH_STATE,
     }
     resolved = sql.format(**{alias: f"`{warehouse.table_id(table)}`" for alias, table in names.items()})
     return [tuple(row.values()) for row in warehouse.query(resolved)]

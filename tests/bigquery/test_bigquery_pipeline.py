@@ -1,5 +1,6 @@
 """The Dagster definitions on GCS + BigQuery: the same sensor, jobs and assets as on a laptop, configured only
-through ``PULL_EVENTS_LANDING=gs://...`` and ``PULL_EVENTS_WAREHOUSE=bigquery://...``.
+through ``PULL_EVENTS_LANDING=gs://...`` and ``PULL_EVENTS_WAREHOUSE=bigquery://...``: load runs as the landing
+sensor requests them, then the day partitions of daily_pulls and the summary as the daily sensor requests them.
 
 The clients find the servers the way deployments' clients find Google's: ``STORAGE_EMULATOR_HOST`` for
 google-cloud-storage (dagster-gcp's GCSResource), ``BIGQUERY_EMULATOR_HOST`` for google-cloud-bigquery.
@@ -16,9 +17,10 @@ from google.cloud import bigquery
 
 from pull_events.landing import GcsLandingStore
 from pull_events_dagster.defs import build_definitions
-from pull_events_dagster.defs.assets import DERIVED_KEYS, PULLS_KEY
-from pull_events_dagster.defs.checks import RECONCILED, REQUIRED, UNIQUE
+from pull_events_dagster.defs.assets import PULLS_KEY, SUMMARY_KEY
+from pull_events_dagster.defs.derived import RANGE_END_TAG, RANGE_START_TAG
 from pull_events_dagster.defs.jobs import LOAD_JOB
+from pull_events_dagster.defs.load_checks import LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE
 from pull_events_dagster.defs.sensors import LANDING_SENSOR
 from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse
@@ -26,6 +28,7 @@ from tests.bigquery.conftest import rows
 from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import LandingSpec, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import expected_daily
+from tests.pipeline.test_pipeline_end_to_end import derive, metadata
 from tests.services import TEST_PROJECT, BigQueryEmulator, FakeGcsServer
 
 
@@ -68,23 +71,21 @@ def test_sensor_runs_load_gcs_objects_into_bigquery_and_the_derived_tables_follo
         requests = list(defs.resolve_sensor_def(LANDING_SENSOR)(context).run_requests or [])
     job = defs.resolve_job_def(LOAD_JOB)
     runs = [job.execute_in_process(run_config=r.run_config, tags=r.tags, instance=instance) for r in requests]
-    derived = defs.resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=instance, asset_selection=list(DERIVED_KEYS)
-    )
+    # The daily sensor asks for the days the loads touched (four consecutive days: one run), the summary after them.
+    day_requests, derived_runs, _ = derive(defs, instance, None)
 
     assert len(runs) == -(-len(landed.keys) // 3)  # batches of at most three objects
-    assert all(run.success for run in runs) and derived.success
+    assert all(run.success for run in runs)
     checks = [e for run in runs for e in run.get_asset_check_evaluations()]
-    assert {e.check_name for e in checks if e.passed} >= {UNIQUE, REQUIRED, RECONCILED}
-    loaded = [
-        {k: v.value for k, v in m.materialization.metadata.items()}
-        for run in runs
-        for m in run.get_asset_materialization_events()
-        if m.asset_key == PULLS_KEY
-    ]
+    assert sorted({e.check_name for e in checks}) == sorted([LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE])
+    assert len(checks) == 3 * len(runs) and all(e.passed for e in checks)
+    loaded = [metadata(run, PULLS_KEY) for run in runs]
     assert sum(m["events_loaded"] for m in loaded) == landed.pull_count
     assert sum(m["duplicates_skipped"] for m in loaded) == landed.duplicates
     assert loaded[-1]["dagster/row_count"] == landed.pull_count
+    days = sorted({p.when.date().isoformat() for p in landed.pulls})
+    assert [(r.tags[RANGE_START_TAG], r.tags[RANGE_END_TAG]) for r in day_requests] == [(days[0], days[-1])]
+    assert metadata(derived_runs[0], SUMMARY_KEY)["repositories_recomputed"] == 3
 
     warehouse = BigQueryWarehouse(bq_client, dataset)
     assert warehouse.row_count(base.PULLS) == landed.pull_count
@@ -96,3 +97,4 @@ def test_sensor_runs_load_gcs_objects_into_bigquery_and_the_derived_tables_follo
             unique_clients FROM {daily} ORDER BY day, repository""",
     ) == expected_daily(landed.pulls)
     assert warehouse.row_count(base.REPOSITORY_SUMMARY) == 3
+    assert warehouse.summary_audit().rows_differing == 0

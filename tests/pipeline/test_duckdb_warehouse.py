@@ -1,4 +1,7 @@
-"""The DuckDB warehouse on a real DuckDB file, fed by real landing objects in receiver format."""
+"""What the DuckDB warehouse alone does, on a real DuckDB file fed by real landing objects in receiver format.
+
+What both warehouses do is tested once, on both, in tests/test_warehouses.py.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,8 @@ import os
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -24,22 +26,13 @@ from pull_events_dagster.warehouse import duckdb as warehouse_module
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse, WarehouseLocked, connect_once
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import (
-    EXPECTED_KEYS_WITHOUT_COLUMN,
-    HELD_CASES,
     PULL_TYPE,
     PUSH_TYPE,
-    RAW_EVENT_CASES,
-    REJECTION_REASONS,
-    REPO_CREATED_TYPE,
-    LandingSpec,
     PullFacts,
     RawLine,
-    events_with_fields_without_columns,
     landed_line,
     other_event,
-    poison_event,
     pull_event,
-    synthetic_landing,
     write_object,
 )
 from tests.pipeline.lockholder import LockHolder
@@ -76,96 +69,6 @@ def objects(store: LandingStore, *keys: str) -> list[LandedObject]:
 
 def ids(warehouse: DuckDBWarehouse, table: str = PULLS) -> list[str]:
     return [r[0] for r in rows(warehouse, f"SELECT event_id FROM {table} ORDER BY event_id")]
-
-
-def test_each_event_is_loaded_once_however_often_it_is_delivered_landed_or_loaded(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    e1, e2, e3 = (pull_event(facts(f"e{n}")) for n in (1, 2, 3))
-    a = write_object(store, PULL_TYPE, [e1, e2, e1], T0, sequence=1)
-    b = write_object(store, PULL_TYPE, [e2, e3], T0 + timedelta(seconds=1), sequence=2)
-
-    first = warehouse.load_objects(store, objects(store, a, b), "run-1")
-    assert (first.objects_loaded, first.lines_read, first.pulls_inserted, first.duplicates_skipped) == (2, 5, 3, 2)
-    assert ids(warehouse) == ["e1", "e2", "e3"]
-    # The first copy is the one kept (same receive time: the earlier object, then the earlier line).
-    assert rows(warehouse, f"SELECT landing_object, landing_line FROM {PULLS} WHERE event_id = 'e1'") == [(a, 1)]
-
-    again = warehouse.load_objects(store, objects(store, a, b), "run-2")
-    assert (again.objects_loaded, again.objects_skipped, again.lines_read, again.pulls_inserted) == (0, 2, 0, 0)
-
-    c = write_object(store, PULL_TYPE, [e1, e3], T0 + timedelta(seconds=2), sequence=3)
-    redelivered = warehouse.load_objects(store, objects(store, c), "run-3")
-    assert (redelivered.pulls_inserted, redelivered.duplicates_skipped) == (0, 2)
-
-    assert ids(warehouse) == ["e1", "e2", "e3"]
-    assert rows(
-        warehouse,
-        f"SELECT landing_object, lines, pulls_inserted, events_inserted, duplicates_skipped, lines_rejected, run_id "
-        f"FROM {LEDGER} ORDER BY landing_object",
-    ) == [(a, 3, 2, 0, 1, 0, "run-1"), (b, 2, 1, 0, 1, 0, "run-1"), (c, 2, 0, 0, 2, 0, "run-3")]
-    figures = warehouse.check_figures()
-    assert (figures.duplicate_keys, figures.landed_lines, figures.accounted_lines) == (0, 7, 7)
-
-
-def test_the_earliest_received_copy_wins_within_a_batch(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    event = pull_event(facts("e9"))
-    early_key = write_object(store, PULL_TYPE, [event], T0, sequence=1, received_at=T0 + timedelta(seconds=5))
-    late_key = write_object(
-        store, PULL_TYPE, [event], T0 + timedelta(seconds=1), sequence=2, received_at=T0 - timedelta(seconds=5)
-    )
-    warehouse.load_objects(store, objects(store, early_key, late_key), "run")
-    assert rows(warehouse, f"SELECT landing_object, received_at FROM {PULLS}") == [
-        (late_key, T0 - timedelta(seconds=5))
-    ]
-
-
-def test_same_id_from_another_source_is_another_event(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    key = write_object(
-        store, PULL_TYPE, [pull_event(facts("same")), pull_event(facts("same", source="other.example"))], T0
-    )
-    result = warehouse.load_objects(store, objects(store, key), "run")
-    assert (result.pulls_inserted, result.duplicates_skipped) == (2, 0)
-    assert rows(warehouse, f"SELECT event_source FROM {PULLS} ORDER BY 1") == [("cgr.dev",), ("other.example",)]
-
-
-def test_poison_lines_are_quarantined_with_their_reason_while_neighbours_load(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    lines: list = []
-    expected_rejections = []
-    for n, reason in enumerate(REJECTION_REASONS):
-        lines.append(pull_event(facts(f"good-{n}")))
-        lines.append(poison_event(reason, facts(f"bad-{n}")))
-        expected_rejections.append((len(lines), reason))
-    lines.append(pull_event(facts("good-last")))
-    key = write_object(store, PULL_TYPE, lines, T0)
-    landed = Path(store.uri(key)).read_text().split("\n")
-
-    result = warehouse.load_objects(store, objects(store, key), "run-p")
-
-    assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (25, 13, 12)
-    assert len(ids(warehouse)) == 13
-    assert rows(warehouse, f"SELECT landing_line, reason FROM {REJECTED} ORDER BY landing_line") == expected_rejections
-    for line, raw, landing_object, run_id in rows(
-        warehouse, f"SELECT landing_line, raw_line, landing_object, run_id FROM {REJECTED}"
-    ):
-        assert raw == landed[line - 1]  # exactly as landed
-        assert (landing_object, run_id) == (key, "run-p")
-    figures = warehouse.check_figures()
-    assert (figures.rejected_lines, figures.landed_lines, figures.accounted_lines) == (12, 25, 25)
-
-
-def test_empty_and_blank_lines_are_ignored(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    key = "dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/20261120T120000000000Z-hand-0000000001.ndjson"
-    first = landed_line(pull_event(facts("b1")), key, 1, T0, "hand")
-    fourth = landed_line(pull_event(facts("b2")), key, 4, T0, "hand")
-    store.write_new(key, f"{first}\n\n  \t\r\n{fourth}\n\n".encode())
-
-    result = warehouse.load_objects(store, objects(store, key), "run")
-
-    assert (result.lines_read, result.pulls_inserted, result.lines_rejected) == (2, 2, 0)
-    assert rows(warehouse, f"SELECT event_id, landing_line FROM {PULLS} ORDER BY 1") == [("b1", 1), ("b2", 4)]
 
 
 @pytest.mark.parametrize(
@@ -231,306 +134,6 @@ def test_a_file_that_is_not_utf8_rejects_only_its_bad_line(
     assert rows(warehouse, f"SELECT landing_line, reason, raw_line FROM {REJECTED}") == [
         (2, "invalid_utf8", '{"id":"\\xff\\xfe"}')
     ]
-
-
-def test_columns_follow_the_reference_schema_and_unknown_fields_are_kept(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    event = pull_event(facts("x1", error_status=404, tag=None), extra={"chainguarddev1delivery": "d-1"})
-    body = event["data"]["body"]
-    body.update(
-        subdomain="skills",
-        future_field={"nested": [1, 2]},
-        policy_results=[{"policy_id": "p1", "policy_name": "n", "mode": "POLICY_MODE_ENFORCED", "result": "R"}],
-    )
-    event["data"]["actor"]["act"].update({"aws-arn": "arn:aws:iam::1:role/r", "custom_claim": "kept"})
-    key = write_object(store, PULL_TYPE, [event], T0)
-    warehouse.load_objects(store, objects(store, key), "run")
-
-    [row] = rows(
-        warehouse,
-        f"""SELECT event_id, event_source, event_type, event_subject, event_time, event_group, repository,
-            actor.subject, actor.act."aws-arn", body.repository, body.subdomain, body.tag, body."when",
-            body.remote_address, body.error.status, body.error.code, body.policy_results[1].policy_id,
-            landing_object, landing_line, received_by,
-            raw_event->>'$.chainguarddev1delivery', raw_event->>'$.data.body.future_field.nested[1]',
-            raw_event->>'$.data.actor.act.custom_claim'
-        FROM {PULLS}""",
-    )
-    assert row == (
-        "x1",
-        "cgr.dev",
-        PULL_TYPE,
-        body["repo_id"],
-        datetime(2026, 11, 18, 9, 30, 0, 373456, tzinfo=UTC),  # Ce-Time, nanoseconds truncated
-        "45a0c61ea6fd977f050c5fb9ac06a69eed764595",
-        "acme.dev/python",
-        "actor-1",
-        "arn:aws:iam::1:role/r",
-        "acme.dev/python",
-        "skills",
-        None,
-        datetime(2026, 11, 18, 9, 30, 0, 123456),
-        "10.0.0.1",
-        404,
-        "MANIFEST_UNKNOWN",
-        "p1",
-        key,
-        1,
-        "factory",
-        "d-1",
-        "2",
-        "kept",
-    )
-
-
-def landed_lines(store: LocalLandingStore, key: str) -> list[str]:
-    """An object's lines exactly as landed."""
-    return store.read(key).decode().splitlines()
-
-
-def test_a_line_whose_every_field_has_a_column_keeps_no_raw_event(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    plain = pull_event(facts("k1"))
-    published = pull_event(facts("k2"), extra={"actor": "svc-publisher", "dataschema": "https://schema/pull"})
-    key = write_object(store, PULL_TYPE, [plain, published], T0)
-    warehouse.load_objects(store, objects(store, key), "run")
-
-    loaded = rows(
-        warehouse,
-        f"""SELECT event_id, event_specversion, event_datacontenttype, event_dataschema, event_audience,
-            event_actor, body_sha256, raw_event FROM {PULLS} ORDER BY event_id""",
-    )
-    sha = [json.loads(line)["body_sha256"] for line in landed_lines(store, key)]
-    assert loaded == [
-        ("k1", "1.0", "application/json", None, "customer", None, sha[0], None),
-        ("k2", "1.0", "application/json", "https://schema/pull", "customer", "svc-publisher", sha[1], None),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("change", "kept"),
-    [
-        *(pytest.param(change, True, id=name) for name, change in RAW_EVENT_CASES.items()),
-        *(pytest.param(change, False, id=name) for name, change in HELD_CASES.items()),
-    ],
-)
-def test_a_line_keeps_its_raw_event_exactly_when_its_columns_cannot_hold_all_of_it(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse, change: Callable[[dict], object], kept: bool
-) -> None:
-    changed = pull_event(facts("changed"))
-    change(changed)
-    key = write_object(store, PULL_TYPE, [pull_event(facts("plain")), changed], T0)
-    result = warehouse.load_objects(store, objects(store, key), "run")
-
-    assert (result.pulls_inserted, result.lines_rejected) == (2, 0)
-    found = rows(warehouse, f"SELECT event_id, raw_event::VARCHAR FROM {PULLS} ORDER BY event_id")
-    assert found == [("changed", landed_lines(store, key)[1] if kept else None), ("plain", None)]
-
-
-def test_the_check_figures_count_the_rows_with_raw_event_and_name_the_keys_without_a_column(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    key = write_object(store, PULL_TYPE, events_with_fields_without_columns(), T0)
-    warehouse.load_objects(store, objects(store, key), "run")
-
-    figures = warehouse.check_figures()
-
-    assert (figures.pull_rows, figures.rows_with_raw_event) == (6, 3)
-    assert figures.keys_without_column == EXPECTED_KEYS_WITHOUT_COLUMN
-
-
-def test_an_event_of_another_type_keeps_raw_event_only_for_keys_without_a_column(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    plain = other_event(PUSH_TYPE, "p1", T0, {"anything": [1, {"goes": True}]})
-    extended = {**other_event(PUSH_TYPE, "p2", T0, {"x": 1}), "chainguarddev1webhook": "w-1"}
-    key = write_object(store, PUSH_TYPE, [plain, extended], T0)
-    warehouse.load_objects(store, objects(store, key), "run")
-
-    loaded = rows(warehouse, f"SELECT event_id, data::VARCHAR, raw_event::VARCHAR FROM {EVENTS} ORDER BY event_id")
-    assert loaded == [
-        ("p1", '{"anything":[1,{"goes":true}]}', None),
-        ("p2", '{"x":1}', landed_lines(store, key)[1]),
-    ]
-
-
-def test_tables_made_before_a_column_existed_gain_it_filled_from_raw_event_and_keep_loading(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    old = write_object(store, PULL_TYPE, [pull_event(facts("m0"), extra={"chainguarddev1delivery": "d"})], T0)
-    warehouse.load_objects(store, objects(store, old), "run-1")
-    with warehouse.session() as conn:  # the pull table as an earlier version made it
-        for column in ("event_audience", "body_sha256"):
-            conn.execute(f"ALTER TABLE {PULLS} DROP COLUMN {column}")
-    new = write_object(store, PULL_TYPE, [pull_event(facts("m1"))], T0 + timedelta(seconds=1), sequence=1)
-
-    upgraded = DuckDBWarehouse(warehouse._connect)  # the next run, with the current version
-    result = upgraded.load_objects(store, objects(store, new), "run-2")
-
-    assert result.pulls_inserted == 1
-    sha = {key: json.loads(landed_lines(store, key)[0])["body_sha256"] for key in (old, new)}
-    found = rows(warehouse, f"SELECT event_id, event_audience, body_sha256 FROM {PULLS} ORDER BY event_id")
-    assert found == [("m0", "customer", sha[old]), ("m1", "customer", sha[new])]
-
-
-def test_other_event_types_land_in_the_events_table(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    push = other_event(PUSH_TYPE, "p1", T0, {"body": {"repository": "acme.dev/go", "tag": "v1"}})
-    created = other_event(REPO_CREATED_TYPE, "r1", T0, {"name": "go"})
-    keys = [
-        write_object(store, PUSH_TYPE, [push, push], T0, sequence=1),
-        write_object(store, REPO_CREATED_TYPE, [created], T0, sequence=2),
-    ]
-    result = warehouse.load_objects(store, objects(store, *keys), "run")
-
-    assert (result.pulls_inserted, result.events_inserted, result.duplicates_skipped) == (0, 2, 1)
-    assert ids(warehouse) == []
-    loaded = rows(warehouse, f"SELECT event_type, event_id, data FROM {EVENTS} ORDER BY event_id")
-    assert [(t, i, json.loads(d)) for t, i, d in loaded] == [
-        (PUSH_TYPE, "p1", {"body": {"repository": "acme.dev/go", "tag": "v1"}}),
-        (REPO_CREATED_TYPE, "r1", {"name": "go"}),
-    ]
-
-
-def test_an_object_that_cannot_be_read_is_quarantined_and_the_rest_of_the_batch_loads(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    good = write_object(store, PULL_TYPE, [pull_event(facts("g1"))], T0)
-    vanished = LandedObject(key="dev.chainguard.registry.pull.v1/dt=2026-11-20/hour=12/gone.ndjson", size=10, uri="")
-
-    result = warehouse.load_objects(store, [*objects(store, good), vanished], "run-1")
-
-    assert (result.objects_loaded, result.pulls_inserted) == (1, 1)
-    assert result.quarantined == {vanished.key: "object_missing"}
-    assert ids(warehouse) == ["g1"]
-    assert rows(warehouse, f"SELECT landing_object FROM {LEDGER}") == [(good,)]
-    assert rows(warehouse, f"SELECT landing_object, reason, run_id FROM {QUARANTINED}") == [
-        (vanished.key, "object_missing", "run-1")
-    ]
-    # Once it can be read it loads, and leaves the quarantine.
-    store.write_new(vanished.key, (landed_line(pull_event(facts("g2")), vanished.key, 1, T0, "late") + "\n").encode())
-    retried = warehouse.load_objects(store, [vanished], "run-2")
-    assert (retried.objects_loaded, retried.pulls_inserted, retried.quarantined) == (1, 1, {})
-    assert rows(warehouse, f"SELECT count(*) FROM {QUARANTINED}") == [(0,)]
-
-
-def test_tables_are_created_when_missing_and_ddl_is_idempotent(warehouse: DuckDBWarehouse) -> None:
-    warehouse.ensure_tables()
-    warehouse.ensure_tables()
-    tables = rows(
-        warehouse,
-        "SELECT table_name FROM information_schema.tables WHERE table_schema = $s ORDER BY 1",
-        {"s": base.DATASET},
-    )
-    assert [t for (t,) in tables] == sorted(
-        [
-            base.PULLS,
-            base.EVENTS,
-            base.REJECTED,
-            base.LOADED_OBJECTS,
-            base.QUARANTINED,
-            base.DAILY_PULLS,
-            base.DAILY_VALUES,
-            base.REPOSITORY_VALUES,
-            base.SUMMARY_PENDING,
-            base.REPOSITORY_SUMMARY,
-        ]
-    )
-    columns = dict(warehouse.column_schema(base.PULLS))
-    assert columns["raw_event"] == "JSON"
-    assert columns["event_time"] == "TIMESTAMP WITH TIME ZONE"
-    assert '"aws-arn" VARCHAR' in columns["actor"]
-    assert '"when" TIMESTAMP' in columns["body"]
-    assert columns["day"] == "DATE"
-    warehouse.drop_all()
-    remaining = "SELECT count(*) FROM information_schema.tables WHERE table_schema = $s"
-    assert rows(warehouse, remaining, {"s": base.DATASET}) == [(0,)]
-
-
-def test_late_events_recompute_only_their_days(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    d1, d2, d3 = (datetime(2026, 11, day, 10, 0) for day in (10, 11, 12))
-    first = [
-        pull_event(facts("a", when=d1)),
-        pull_event(facts("b", when=d2, actor="actor-2")),
-        pull_event(facts("c", when=d3, method="HEAD")),
-    ]
-    k1 = write_object(store, PULL_TYPE, first, T0, sequence=1)
-    loaded = warehouse.load_objects(store, objects(store, k1), "run-1")
-    assert loaded.affected_days == [date(2026, 11, 10), date(2026, 11, 11), date(2026, 11, 12)]
-    refreshed = warehouse.refresh_daily_pulls(loaded.affected_days)
-    assert refreshed.rows_per_day == dict.fromkeys(loaded.affected_days, 1)
-    assert (refreshed.repositories_marked, refreshed.table_rows) == (1, 3)
-    before = {r[0]: r for r in rows(warehouse, f"SELECT day, events, image_pulls, computed_at FROM {DAILY}")}
-
-    # Recomputing a day again changes nothing but its computed_at, and marks no repository for the summary.
-    warehouse.refresh_repository_summary()
-    again_same = warehouse.refresh_daily_pulls([date(2026, 11, 11)])
-    assert (again_same.rows_per_day, again_same.repositories_marked) == ({date(2026, 11, 11): 1}, 0)
-
-    # Two days later an event of the 10th arrives (a slow delivery), plus a redelivery of one of the 11th.
-    late = [pull_event(facts("late", when=d1 + timedelta(hours=3), client="10.0.0.2")), first[1]]
-    k2 = write_object(store, PULL_TYPE, late, T0 + timedelta(days=2), sequence=2)
-    loaded = warehouse.load_objects(store, objects(store, k2), "run-2")
-    assert loaded.affected_days == [date(2026, 11, 10)]
-    again = warehouse.refresh_daily_pulls(loaded.affected_days)
-    assert (again.rows_per_day, again.repositories_marked) == ({date(2026, 11, 10): 1}, 1)
-
-    after = {
-        r[0]: r for r in rows(warehouse, f"SELECT day, events, image_pulls, computed_at, unique_clients FROM {DAILY}")
-    }
-    assert after[date(2026, 11, 10)][1:3] == (2, 2)
-    assert after[date(2026, 11, 10)][4] == 2
-    assert after[date(2026, 11, 10)][3] > before[date(2026, 11, 10)][3]
-    assert after[date(2026, 11, 12)][:4] == before[date(2026, 11, 12)]  # same figures, same computed_at
-    # A day without pulls recomputes to nothing, and a day is never read for another's sake.
-    assert warehouse.refresh_daily_pulls([date(2026, 11, 20)]).rows_per_day == {date(2026, 11, 20): 0}
-
-
-def test_derived_tables_match_figures_computed_independently(
-    store: LocalLandingStore, warehouse: DuckDBWarehouse
-) -> None:
-    spec = LandingSpec(
-        events=3000,
-        repositories=6,
-        days=12,
-        events_per_object=250,
-        duplicate_rate=0.05,
-        bad_line_rate=0.01,
-        other_type_rate=0.05,
-        actors=40,
-        clients=90,
-        committed_from=T0,
-        seed=7,
-    )
-    landed = synthetic_landing(store, spec)
-    listed = sorted(store.list_all(), key=lambda o: o.key)
-    for start in range(0, len(listed), 5):  # several loads, as several sensor runs would do
-        loaded = warehouse.load_objects(store, listed[start : start + 5], f"run-{start}")
-        warehouse.refresh_daily_pulls(loaded.affected_days)
-        warehouse.refresh_repository_summary()
-
-    assert len(ids(warehouse)) == landed.pull_count == len(landed.pulls)
-    assert rows(warehouse, f"SELECT count(*) FROM {EVENTS}") == [(landed.other_events,)]
-    assert sorted(rows(warehouse, f"SELECT landing_object, landing_line, reason FROM {REJECTED}")) == sorted(
-        landed.rejected
-    )
-    assert {r for (r,) in rows(warehouse, f"SELECT DISTINCT reason FROM {REJECTED}")} == set(REJECTION_REASONS)
-
-    assert rows(
-        warehouse,
-        f"""SELECT day, repository, events, image_pulls, manifest_heads, blob_gets, errors, unique_actors,
-            unique_clients FROM {DAILY} ORDER BY day, repository""",
-    ) == expected_daily(landed.pulls)
-    actual_summary = rows(
-        warehouse,
-        f"""SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen,
-            last_seen, image_pulls_last_7d, image_pulls_last_30d, top_tags FROM {SUMMARY} ORDER BY repository""",
-    )
-    [(refreshed_at,)] = rows(warehouse, f"SELECT max(computed_at) FROM {SUMMARY}")  # incremental: rows differ
-    expected = expected_summary(landed.pulls, refreshed_at)
-    assert [r[:4] + r[5:] for r in actual_summary] == [e[:4] + e[5:] for e in expected]
-    assert [r[4] for r in actual_summary] == pytest.approx([e[4] for e in expected])
 
 
 def expected_daily(pulls: list[PullFacts]) -> list[tuple]:
@@ -806,14 +409,6 @@ def test_the_resource_connects_with_its_duckdb_connection_config(duckdb_path: Pa
         settings = warehouse.query("SELECT current_setting('threads'), current_setting('custom_user_agent')")
     # Its own setting, and the user agent dagster-duckdb's get_connection adds.
     assert settings == [(3, "dagster")]
-
-
-def test_loaded_at_only_grows(store: LocalLandingStore, warehouse: DuckDBWarehouse) -> None:
-    keys = [write_object(store, PULL_TYPE, [pull_event(facts(f"m{n}"))], T0, sequence=n) for n in range(3)]
-    for key in keys:
-        warehouse.load_objects(store, objects(store, key), "run")
-    stamps = [r[0] for r in rows(warehouse, f"SELECT loaded_at FROM {LEDGER} ORDER BY landing_object")]
-    assert stamps == sorted(stamps) and len(set(stamps)) == 3
 
 
 def _mutated(change) -> dict:

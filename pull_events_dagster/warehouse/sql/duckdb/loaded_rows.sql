@@ -13,8 +13,12 @@ SELECT
             AND (event_source, event_id) IN (SELECT event_source, event_id FROM {{pulls}} WHERE loaded_at = $loaded_at)
         GROUP BY ALL HAVING count(*) > 1))
     + (SELECT count(*) FROM (
+        -- Other events are de-duplicated within the day of their time: the days the load's events are dated on.
         SELECT event_source, event_id FROM {{events}}
-        WHERE (event_source, event_id) IN (SELECT event_source, event_id FROM {{events}} WHERE loaded_at = $loaded_at)
+        WHERE (CAST(event_time AS DATE) IN (SELECT CAST(event_time AS DATE) FROM {{events}} WHERE loaded_at = $loaded_at)
+                OR event_time IS NULL
+                    AND EXISTS (SELECT 1 FROM {{events}} WHERE loaded_at = $loaded_at AND event_time IS NULL))
+            AND (event_source, event_id) IN (SELECT event_source, event_id FROM {{events}} WHERE loaded_at = $loaded_at)
         GROUP BY ALL HAVING count(*) > 1)) AS duplicate_keys,
     (SELECT count(*) FROM {{pulls}}
         WHERE loaded_at = $loaded_at AND (event_id IS NULL OR event_source IS NULL OR repository IS NULL

@@ -1,8 +1,8 @@
 -- Recompute the summary rows of the marked repositories (and, when the clock's day has turned, of every
 -- repository with daily rows in $window_first..$window_last, whose time windows moved) from daily_pulls and
 -- the running totals of repository_values, in the caller's transaction. Never reads the pull table.
--- Time windows are whole UTC days: $today is the day of now() (computed_at), $horizon_day the day of now()
--- plus the future tolerance; pulls dated after the horizon day count in no time-based figure.
+-- Time windows are whole UTC days: $today is the day of $computed_at (the transaction's now()), $horizon_day the
+-- day of it plus the future tolerance; pulls dated after the horizon day count in no time-based figure.
 -- BigQuery: ../bigquery/refresh_repository_summary.sql. The same figures from the pull table: summary_audit.sql.
 
 -- name: targets
@@ -40,7 +40,7 @@ WITH figures AS (
 )
 SELECT f.repository, f.events, f.image_pulls, f.errors, f.errors / f.events,
     coalesce(m.unique_actors, 0), coalesce(m.unique_clients, 0), f.first_seen, f.last_seen, f.last_7d, f.last_30d,
-    coalesce(m.top_tags, []), now()
+    coalesce(m.top_tags, []), $computed_at
 FROM figures f LEFT JOIN members m USING (repository);
 
 -- name: clear_pending
