@@ -211,7 +211,7 @@ def _not_a(check: NotA, o: str) -> str:
     raise ValueError(f"no BigQuery rendering of a {check.kind}")
 
 
-def breaks(predicate: Predicate, o: str) -> str:
+def _breaks(predicate: Predicate, o: str) -> str:
     """SQL: a line (``line`` as read, ``problem`` as the careful reader named it, ``o`` its JSON object) breaks
     a rejection rule's predicate (rules.py)."""
     match predicate:
@@ -807,7 +807,7 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
 
         when_text = json_text(o, ("data", "body", "when"))
         reason = reason_case(
-            lambda predicate: breaks(predicate, o), f"JSON_VALUE({o}, '$.type') != {sql_literal(base.PULL_TYPE)}"
+            lambda predicate: _breaks(predicate, o), f"JSON_VALUE({o}, '$.type') != {sql_literal(base.PULL_TYPE)}"
         )
 
         def token_rows(table: str) -> str:

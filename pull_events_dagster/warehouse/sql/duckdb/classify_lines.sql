@@ -1,4 +1,3 @@
--- Read files' lines with the given reader, parse each line once, and judge it by the rejection rules (rules.py).
 {{into}}
 WITH split AS ({{lines}}
 ), raw AS (
