@@ -72,6 +72,15 @@ from pull_events_dagster.warehouse.lines import (
     staging_row,
     unreadable_reason,
 )
+from pull_events_dagster.warehouse.rules import (
+    CIVIL_DATETIME,
+    NotA,
+    NotJsonObject,
+    NotUtf8,
+    Predicate,
+    TooLong,
+    reason_case,
+)
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     ENVELOPE,
@@ -164,9 +173,6 @@ FROM UNNEST(v_keys) AS k
 LEFT JOIN (SELECT object_key, day, outcome FROM {lines} JOIN {outcomes} USING (line_id)) l ON l.object_key = k
 GROUP BY k;"""
 
-# BigQuery's canonical civil DATETIME text; the same rule as the DuckDB warehouse's.
-CIVIL_DATETIME = r"^\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,6})?)?$"
-
 _SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -228,6 +234,50 @@ def timestamp_from_text(text_expr: str) -> str:
         rf"(\d{{1,2}}:\d{{1,2}}:\d{{1,2}}(?:\.\d{{1,6}})?)\d*', r'\1 \2')"
     )
     return rf"SAFE_CAST(REGEXP_REPLACE({trimmed}, r'Z$', '+00:00') AS TIMESTAMP)"
+
+
+def _not_a(check: NotA, o: str) -> str:
+    """SQL: the value at the check's path of the line ``o`` is not of its kind (absent or null is none)."""
+    path = json_path(check.keys)
+    scalar = f"TO_JSON_STRING(JSON_QUERY({o}, {path}))"  # a scalar's JSON text: its first character tells its type
+    text = json_text(o, check.keys)
+    match check.kind:
+        case "value":
+            return f"{json_type(o, check.keys)} = 'null'"
+        case "non-empty string":
+            return f"(NOT IFNULL(STARTS_WITH({scalar}, '\"'), FALSE) OR JSON_VALUE({o}, {path}) = '')"
+        case "timestamp":
+            return f"{timestamp_from_text(text)} IS NULL"
+        case "civil datetime":
+            return (
+                f"(NOT IFNULL(REGEXP_CONTAINS({text}, r'{CIVIL_DATETIME}'), FALSE) "
+                f"OR SAFE_CAST({text} AS DATETIME) IS NULL)"
+            )
+        case "integer":
+            return (
+                f"(NOT IFNULL(REGEXP_CONTAINS({scalar}, r'^-?[0-9]+$'), FALSE) "
+                f"OR SAFE_CAST(JSON_VALUE({o}, {path}) AS INT64) IS NULL)"
+            )
+        case "object" | "array":
+            return f"{json_type(o, check.keys)} != '{check.kind}'"
+    raise ValueError(f"no BigQuery rendering of a {check.kind}")
+
+
+def _breaks(predicate: Predicate, o: str) -> str:
+    """SQL: a line (``line`` as read, ``problem`` as the careful reader named it, ``o`` its JSON object) breaks
+    a rejection rule's predicate (rules.py)."""
+    match predicate:
+        case NotUtf8():
+            return f"problem = '{predicate.problem}'"
+        case TooLong():
+            return f"(problem = '{predicate.problem}' OR BYTE_LENGTH(line) > v_max_line)"
+        case NotJsonObject():
+            return f"{o} IS NULL"
+        case NotA(optional=True):
+            return f"{json_type(o, predicate.keys)} != 'null' AND {_not_a(predicate, o)}"
+        case NotA():
+            return _not_a(predicate, o)
+    raise TypeError(f"no BigQuery rendering of {predicate!r}")
 
 
 def column_value(column: Column, json_expr: str, keys: Sequence[str]) -> str:
@@ -962,17 +1012,10 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
         )
         o = "o"
 
-        def jt(*keys: str) -> str:
-            return json_type(o, keys)
-
-        def scalar_json(*keys: str) -> str:
-            return f"TO_JSON_STRING(JSON_QUERY({o}, {json_path(keys)}))"
-
-        def attribute_missing(name: str) -> str:
-            return f"NOT IFNULL(STARTS_WITH({scalar_json(name)}, '\"'), FALSE) OR JSON_VALUE({o}, '$.{name}') = ''"
-
         when_text = json_text(o, ("data", "body", "when"))
-        status = ("data", "body", "error", "status")
+        reason = reason_case(
+            lambda predicate: _breaks(predicate, o), f"JSON_VALUE({o}, '$.type') != {sql_literal(base.PULL_TYPE)}"
+        )
         # The attributes and receiver keys read as plain text (the ones below have rules or types of their own).
         plain = ("specversion", "datacontenttype", "dataschema", "audience", "actor", "body_sha256", "token_sha256")
         more_attributes = ",\n    ".join(f"{json_text(o, (key,))} AS {LINE_KEYS[key]}" for key in plain)
@@ -999,26 +1042,7 @@ SELECT *, v_loaded_at, v_run_id FROM ({gone_rows});
     {more_attributes},
     {_own_lineage("line", o)},
     SAFE_CAST({when_text} AS DATETIME) AS body_when,
-    CASE
-      WHEN problem IS NOT NULL THEN problem
-      WHEN BYTE_LENGTH(line) > v_max_line THEN 'line_too_large'
-      WHEN o IS NULL THEN 'invalid_json'
-      WHEN {attribute_missing("id")} THEN 'missing_attribute:id'
-      WHEN {attribute_missing("source")} THEN 'missing_attribute:source'
-      WHEN {attribute_missing("type")} THEN 'missing_attribute:type'
-      WHEN {jt("time")} != 'null' AND {timestamp_from_text(json_text(o, ("time",)))} IS NULL
-        THEN 'invalid_value:time'
-      WHEN JSON_VALUE(o, '$.type') != {sql_literal(base.PULL_TYPE)} THEN NULL
-      WHEN {jt("data")} != 'object' THEN 'wrong_type:data'
-      WHEN {jt("data", "body")} != 'object' THEN 'wrong_type:data.body'
-      WHEN {jt("data", "body", "repository")} = 'null' THEN 'missing_field:body.repository'
-      WHEN NOT IFNULL(REGEXP_CONTAINS({when_text}, r'{CIVIL_DATETIME}'), FALSE)
-        OR SAFE_CAST({when_text} AS DATETIME) IS NULL THEN 'invalid_value:body.when'
-      WHEN {jt(*status)} != 'null' AND (NOT REGEXP_CONTAINS({scalar_json(*status)}, r'^-?[0-9]+$')
-        OR SAFE_CAST(JSON_VALUE(o, {json_path(status)}) AS INT64) IS NULL) THEN 'wrong_type:body.error.status'
-      WHEN {jt("data", "actor")} NOT IN ('null', 'object') THEN 'wrong_type:actor'
-      WHEN {jt("data", "body", "policy_results")} NOT IN ('null', 'array') THEN 'wrong_type:body.policy_results'
-    END AS reason
+    {reason} AS reason
   FROM raw
 ), placed AS (
   SELECT *,

@@ -48,6 +48,16 @@ from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import DEFAULT_MAX_LINE_BYTES
 from pull_events_dagster.warehouse import base, sql
 from pull_events_dagster.warehouse.lines import PREFIX_BYTES, Line, read_lines, staging_row, unreadable_reason
+from pull_events_dagster.warehouse.rules import (
+    CIVIL_DATETIME,
+    RULES,
+    NotA,
+    NotJsonObject,
+    NotUtf8,
+    Predicate,
+    TooLong,
+    reason_case,
+)
 from pull_events_dagster.warehouse.schema import (
     ACTOR,
     KEY_SAMPLE_ROWS,
@@ -63,6 +73,7 @@ from pull_events_dagster.warehouse.schema import (
     known_keys,
     nested_records,
 )
+from pull_events_dagster.warehouse.sql import statement
 
 if TYPE_CHECKING:
     from dagster_duckdb import DuckDBResource
@@ -84,13 +95,6 @@ _SCALAR_TYPES = {
 # How each schema type is read out of a JSON line before validation: timestamps as text, so a bad
 # value is seen (and rejected) rather than silently turned into NULL.
 _JSON_READ_TYPES = {**_SCALAR_TYPES, "TIMESTAMP": "VARCHAR", "DATETIME": "VARCHAR", "DATE": "VARCHAR"}
-
-# The JSON types read (in one json_type call) for pull lines that from_json alone cannot judge.
-_TYPE_PATHS = ("$.data", "$.data.body", "$.data.actor")
-_T = {path: index + 1 for index, path in enumerate(_TYPE_PATHS)}  # DuckDB lists are 1-based
-
-# BigQuery's canonical DATETIME literal, without zone: a zone-qualified body.when is not civil time.
-_CIVIL_DATETIME = r"^\d{4}-\d{1,2}-\d{1,2}([T ]\d{1,2}:\d{1,2}:\d{1,2}(\.\d{1,6})?)?$"
 
 _LOCK_ERROR_MARKERS = ("could not set lock", "conflicting lock")
 # DuckDB names the process holding the file: 'Conflicting lock is held in /usr/bin/python3 (PID 1234)'.
@@ -189,6 +193,103 @@ def _string_value(fragment: str) -> str:
 def _fragment(fragment: str) -> str:
     """SQL: a JSON fragment as text, ``'null'`` when absent."""
     return f"coalesce(CAST({fragment} AS VARCHAR), 'null')"
+
+
+# The rejection rules (rules.py) over the parse ``p`` of a line. These attributes are read as JSON fragments and
+# their text into a column of the same name (classify_lines.sql's ``fields``).
+_ATTRIBUTE_TEXTS = ("id", "source", "type", "time")
+# The object rules: the values whose exact JSON types are read, in one json_type call (``types``), for the rare
+# lines whose parse cannot tell whether they are objects.
+_OBJECT_RULES = [
+    (rule, rule.breaks) for rule in RULES if isinstance(rule.breaks, NotA) and rule.breaks.kind == "object"
+]
+_TYPE_PATHS = tuple("$." + ".".join(map(quote, check.keys)) for _, check in _OBJECT_RULES)
+_T = {check.path: index + 1 for index, (_, check) in enumerate(_OBJECT_RULES)}  # DuckDB lists are 1-based
+
+
+def _parsed(keys: tuple[str, ...]) -> str:
+    """SQL: the parse's value at ``keys``."""
+    return "p." + ".".join(map(quote, keys))
+
+
+def _read_as(keys: tuple[str, ...]) -> Any:
+    """How the parse reads the value at ``keys``: a type name (``'JSON'``: a fragment) or a struct's shape."""
+    shape: Any = _LINE_SHAPE
+    for key in keys:
+        if not isinstance(shape, dict) or key not in shape:
+            raise ValueError(f"the line's parse does not read {'.'.join(keys)}")
+        shape = shape[key]
+    return shape
+
+
+def _nothing_found(keys: tuple[str, ...]) -> str:
+    """SQL: the parse found no field in the value at ``keys``, so it cannot tell whether it is an object: from_json
+    reads any value where an object belongs as a struct, whose fields are all NULL when it is not an object."""
+    return "(" + " AND ".join(f"{_parsed((*keys, key))} IS NULL" for key in _read_as(keys)) + ")"
+
+
+def _undecided() -> str:
+    """SQL: the parse leaves an object rule undecided, so the line's JSON types are read."""
+    terms: dict[bool, list[str]] = {True: [], False: []}
+    for rule, check in _OBJECT_RULES:
+        terms[rule.pulls_only].append(f"{_parsed(check.keys)} IS NOT NULL AND {_nothing_found(check.keys)}")
+    pulls = [f"is_pull AND ({' OR '.join(terms[True])})"] if terms[True] else []
+    return " OR ".join([*terms[False], *pulls]) or "false"
+
+
+def _text(keys: tuple[str, ...]) -> str:
+    """SQL: the text of a string read as a JSON fragment (NULL unless it is a string)."""
+    return keys[0] if len(keys) == 1 and keys[0] in _ATTRIBUTE_TEXTS else _string_value(_parsed(keys))
+
+
+def _present(keys: tuple[str, ...]) -> str:
+    """SQL: the value at ``keys`` is present and not null."""
+    if _read_as(keys) == "JSON":
+        return f"{_fragment(_parsed(keys))} <> 'null'"
+    return f"{_parsed(keys)} IS NOT NULL"
+
+
+def _not_a(check: NotA) -> str:
+    """SQL: the value at the check's path is not of its kind (absent or null is none), as the parse reads it."""
+    value, read, keys = _parsed(check.keys), _read_as(check.keys), check.keys
+    match check.kind, read:
+        case "value", "JSON":
+            return f"{_fragment(value)} = 'null'"
+        case "value", _:
+            return f"{value} IS NULL"
+        case "non-empty string", "JSON":
+            return f"({_text(keys)} IS NULL OR {_text(keys)} = '')"
+        case "timestamp", "JSON":
+            return f"TRY_CAST({_text(keys)} AS TIMESTAMPTZ) IS NULL"
+        case "civil datetime", "VARCHAR":
+            return (
+                f"({value} IS NULL OR NOT regexp_full_match({value}, $civil) OR TRY_CAST({value} AS TIMESTAMP) IS NULL)"
+            )
+        case "integer", "JSON":
+            fragment = _fragment(value)
+            return f"(NOT regexp_full_match({fragment}, '-?[0-9]+') OR TRY_CAST({fragment} AS BIGINT) IS NULL)"
+        case "array", "JSON":
+            return f"{_fragment(value)}[1] <> '['"
+        case "object", dict():
+            types = f"types[{_T[check.path]}]"
+            return f"({value} IS NULL OR {_nothing_found(keys)} AND {types} IS DISTINCT FROM 'OBJECT')"
+    raise ValueError(f"the parse reads {check.path} as {read}: it cannot tell a {check.kind} from it")
+
+
+def _breaks(predicate: Predicate) -> str:
+    """SQL: a line breaks the predicate (rendered into classify_lines.sql's ``judged``)."""
+    match predicate:
+        case NotUtf8():
+            return f"problem = '{predicate.problem}'"
+        case TooLong():
+            return f"(problem = '{predicate.problem}' OR strlen(line) > $max_line)"
+        case NotJsonObject():
+            return "p IS NULL"
+        case NotA(optional=True):
+            return f"{_present(predicate.keys)} AND {_not_a(predicate)}"
+        case NotA():
+            return _not_a(predicate)
+    raise TypeError(f"no DuckDB rendering of {predicate!r}")
 
 
 def column_ddl(column: Column) -> str:
@@ -961,112 +1062,23 @@ class DuckDBWarehouse(base.Warehouse):
         self, conn: duckdb.DuckDBPyConnection, into: str, lines: str, paths: list[str], max_row: int | None = None
     ) -> None:
         """Read files' lines with the ``lines`` reader, parse each line once, and judge it by the load rules."""
-        t = _T
-        body_type = duckdb_type(PULL_BODY)
-        text, frag = _string_value, _fragment
         held_top, held_pull, held_policy = _held_keys()
+        sql = statement(
+            "duckdb",
+            "classify_lines",
+            into=into,
+            lines=lines,
+            **{f"{key}_text": _string_value(f"p.{quote(key)}") for key in _ATTRIBUTE_TEXTS},
+            undecided=_undecided(),
+            reason=reason_case(_breaks, "NOT is_pull"),
+            held_top=held_top,
+            held_pull=held_pull,
+            held_policy=held_policy,
+            received_at=_RECEIVED_AT,
+            body_type=duckdb_type(PULL_BODY),
+        )
         conn.execute(
-            f"""
-            {into}
-            WITH split AS ({lines}
-            ), raw AS (
-                SELECT s.object_id, k.object_key, s.position, s.problem, s.line,
-                    -- Blank: only JSON whitespace, whatever its length (most lines are told by their first character).
-                    coalesce(CASE WHEN s.line[1] NOT IN ('', ' ', chr(9), chr(13)) THEN false
-                        ELSE trim(s.line, $blank) = '' END, true) AS blank,
-                    -- An overlong line is never parsed: its size alone rejects it.
-                    CASE WHEN s.problem IS NULL AND strlen(s.line) <= $max_line THEN TRY_CAST(s.line AS JSON) END AS j
-                FROM split s JOIN pe_keys k USING (object_id)
-            ), parsed AS (
-                SELECT *, CASE WHEN j IS NOT NULL AND (line[1] = '{{' OR ltrim(line, $blank)[1] = '{{')
-                    THEN from_json(j, $structure) END AS p
-                FROM raw
-            ), fields AS (
-                SELECT *,
-                    {text("p.id")} AS id, {text("p.source")} AS source, {text("p.type")} AS type,
-                    {text("p.time")} AS time,
-                    {text("p.type")} = $pull_type AS is_pull,
-                    p.data.body.repository IS NOT NULL OR p.data.body."when" IS NOT NULL AS body_found
-                FROM parsed
-            ), typed AS (
-                -- The exact JSON types, read only for the rare pull lines whose parse leaves a rule
-                -- undecided (a missing or odd data, body or actor); every other line is parsed once.
-                SELECT *, CASE WHEN is_pull AND (
-                        NOT body_found OR (p.data.actor IS NOT NULL AND p.data.actor.subject IS NULL)
-                    ) THEN json_type(j, $type_paths) END AS types
-                FROM fields
-            ), judged AS (
-                SELECT *,
-                    CASE
-                    WHEN problem IS NOT NULL THEN problem
-                    WHEN strlen(line) > $max_line THEN 'line_too_large'
-                    WHEN p IS NULL THEN 'invalid_json'
-                    WHEN id IS NULL OR id = '' THEN 'missing_attribute:id'
-                    WHEN source IS NULL OR source = '' THEN 'missing_attribute:source'
-                    WHEN type IS NULL OR type = '' THEN 'missing_attribute:type'
-                    WHEN {frag("p.time")} <> 'null' AND TRY_CAST(time AS TIMESTAMPTZ) IS NULL
-                        THEN 'invalid_value:time'
-                    WHEN NOT is_pull THEN NULL
-                    WHEN p.data IS NULL THEN 'wrong_type:data'
-                    WHEN NOT body_found AND types[{t["$.data"]}] IS DISTINCT FROM 'OBJECT' THEN 'wrong_type:data'
-                    WHEN NOT body_found AND types[{t["$.data.body"]}] IS DISTINCT FROM 'OBJECT'
-                        THEN 'wrong_type:data.body'
-                    WHEN p.data.body.repository IS NULL THEN 'missing_field:body.repository'
-                    WHEN p.data.body."when" IS NULL OR NOT regexp_full_match(p.data.body."when", $civil)
-                        OR TRY_CAST(p.data.body."when" AS TIMESTAMP) IS NULL THEN 'invalid_value:body.when'
-                    WHEN {frag("p.data.body.error.status")} <> 'null'
-                        AND (NOT regexp_full_match({frag("p.data.body.error.status")}, '-?[0-9]+')
-                            OR TRY_CAST({frag("p.data.body.error.status")} AS BIGINT) IS NULL)
-                        THEN 'wrong_type:body.error.status'
-                    WHEN coalesce(types[{t["$.data.actor"]}], 'NULL') NOT IN ('NULL', 'OBJECT') THEN 'wrong_type:actor'
-                    WHEN {frag("p.data.body.policy_results")} <> 'null'
-                        AND {frag("p.data.body.policy_results")}[1] <> '[' THEN 'wrong_type:body.policy_results'
-                    END AS reason
-                FROM typed
-            ), kept AS (
-                -- A good line keeps its raw_event when it has more keys than its columns hold (an unknown
-                -- extension, data field or claim, or a null value): key counts, one more parse per line
-                -- (three for a line with policy results).
-                SELECT *,
-                    CASE WHEN reason IS NULL AND is_pull AND {frag("p.data.body.policy_results")} <> 'null'
-                        THEN from_json(p.data.body.policy_results, $policy_structure) END AS policies,
-                    reason IS NULL AND (
-                        coalesce(
-                            CASE WHEN is_pull THEN len(flatten(json_keys(j, $pull_key_paths)))
-                                ELSE len(json_keys(j)) END
-                            > {held_top} + CASE WHEN is_pull THEN {held_pull} ELSE 0 END,
-                            true)
-                        OR CASE WHEN policies IS NOT NULL THEN coalesce(
-                            coalesce(list_sum(list_transform(json_keys(j, $policy_path), lambda keys: len(keys))), 0)
-                            + len(list_filter(json_type(j, $policy_path), lambda t: t <> 'OBJECT'))
-                            > coalesce(list_sum(list_transform(policies, lambda r: {held_policy})), 0),
-                            true) ELSE false END
-                    ) AS keeps_raw
-                FROM judged
-            )
-            SELECT
-                object_id, coalesce(position, p.landing_line) AS position, blank, reason, strlen(line) AS line_bytes,
-                CASE WHEN keeps_raw THEN j END AS raw_event,
-                CASE WHEN reason IS NULL AND NOT is_pull THEN json_extract(j, '$.data') END AS event_data,
-                -- The rejected-events table keeps the line as landed.
-                CASE WHEN reason = 'line_too_large' THEN left(line, $prefix) WHEN reason IS NOT NULL THEN line END
-                    AS rejected_line,
-                CASE WHEN p.landing_object IS DISTINCT FROM object_key THEN p.landing_object END AS landing_object,
-                -- The line's own number when it names another object (a copy) and is a number; else where it is.
-                CASE WHEN p.landing_object <> object_key AND p.landing_line >= 1 THEN p.landing_line
-                    ELSE coalesce(position, p.landing_line) END AS landing_line,
-                id AS event_id, source AS event_source, type AS event_type, p.subject AS event_subject,
-                TRY_CAST(time AS TIMESTAMPTZ) AS event_time, p."group" AS event_group,
-                p.specversion AS event_specversion, p.datacontenttype AS event_datacontenttype,
-                p.dataschema AS event_dataschema, p.audience AS event_audience, p.actor AS event_actor,
-                {_RECEIVED_AT} AS received_at, p.received_by, p.body_sha256, p.token_sha256,
-                coalesce(is_pull, false) AS is_pull,
-                CASE WHEN reason IS NULL AND is_pull THEN p.data.actor END AS actor,
-                CASE WHEN reason IS NULL AND is_pull
-                    THEN CAST(struct_update(p.data.body, policy_results := policies) AS {body_type})
-                END AS body
-            FROM kept
-            """,
+            sql,
             {
                 **({"paths": paths} if "$paths" in lines else {}),
                 **({"max_staged_row": max_row} if "$max_staged_row" in lines else {}),
@@ -1079,7 +1091,7 @@ class DuckDBWarehouse(base.Warehouse):
                 "pull_key_paths": _PULL_KEY_PATHS,
                 "policy_path": "$." + ".".join(_POLICIES) + "[*]",
                 "pull_type": base.PULL_TYPE,
-                "civil": _CIVIL_DATETIME,
+                "civil": CIVIL_DATETIME,
             },
         )
 
