@@ -66,6 +66,12 @@ def test_the_stack_verifies_tokens_of_its_own_issuer_by_default(tmp_path: Path) 
     with running_stack(env, tmp_path / "stack.log") as url:
         signed = send_samples(url, 2, env=env)
         unsigned = send_samples(url, 1, "--unsigned", env=env)
+        second = subprocess.run(
+            [ROOT / "scripts/stack", "--receiver-only"], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert (second.returncode, second.stderr) == (
+        1, f"port {env['PORT']} is in use (another scripts/stack?): stop what listens there or set PORT\n"
+    )  # fmt: skip
     log = (tmp_path / "stack.log").read_text()
     assert f"auth: tokens of the development issuer http://127.0.0.1:{env['PULL_EVENTS_DEV_ISSUER_PORT']}" in log
     assert (signed.returncode, [line.split()[0] for line in signed.stdout.splitlines()]) == (0, ["202", "202"])
