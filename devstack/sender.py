@@ -109,15 +109,19 @@ def send_all(
         with take:
             return next(deliveries, None)
 
+    errors: list[BaseException] = []
+
     def work() -> None:
         pool = _Connection(target.scheme, target.hostname or "", target.port, timeout)
         try:
-            while (planned := next_delivery()) is not None:
+            while not errors and (planned := next_delivery()) is not None:
                 request = delivery(planned.event, signer)
                 status, seconds = pool.post(target.path or "/", request.headers, request.body)
                 results.record(planned, status, seconds)
                 if on_answer is not None:
                     on_answer(results)
+        except BaseException as exc:  # a bug, not an answer: stop every thread and raise it in the caller
+            errors.append(exc)
         finally:
             pool.close()
 
@@ -126,6 +130,8 @@ def send_all(
         thread.start()
     for thread in threads:
         thread.join()
+    if errors:
+        raise errors[0]
     return results, time.monotonic() - started
 
 
