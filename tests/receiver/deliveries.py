@@ -8,14 +8,14 @@ import json
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from devstack.delivery import binary_headers, compact_json
 from pull_events.landing import LandingStore
 from tests.receiver.oidc import DEFAULT_GROUP, LocalIssuer
 
+__all__ = ["compact_json"]  # re-exported: tests build bodies with it
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-# CloudEvents HTTP binding 3.1.3.2: printable ASCII except space, '"' and '%' travels as is; the rest is %-encoded.
-_HEADER_SAFE = "".join(c for c in map(chr, range(0x21, 0x7F)) if c not in ' "%')
 
 
 def pull_event(**attributes: str) -> tuple[dict[str, str], Any]:
@@ -29,11 +29,6 @@ def fixture_http_headers() -> dict[str, str]:
     return json.loads((FIXTURES / "pull-event.json").read_text())["http_headers"]
 
 
-def compact_json(value: Any) -> bytes:
-    """JSON the way Go's encoding/json writes it: compact, one line."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
-
-
 def binary_delivery(
     attributes: dict[str, str],
     body: bytes,
@@ -43,13 +38,7 @@ def binary_delivery(
 ) -> dict[str, str]:
     """The headers of a binary-mode delivery of ``body``: ``Ce-*`` (percent-encoded), Content-Type and,
     with an ``issuer`` (or an explicit ``token``), ``Authorization``."""
-    headers = {
-        f"Ce-{name.capitalize()}": quote(value, safe=_HEADER_SAFE)
-        for name, value in attributes.items()
-        if name != "datacontenttype"
-    }
-    if "datacontenttype" in attributes:
-        headers["Content-Type"] = attributes["datacontenttype"]
+    headers = binary_headers(attributes)
     headers.update(fixture_http_headers())
     if token is None and issuer is not None:
         token = issuer.token(body, group)
