@@ -1,10 +1,11 @@
 """Per-load cost against history: ``uv run python -m benchmarks.history_bench`` (``--quick`` for a smoke run).
 
 For each history size (default 10,000, 1,000,000 and 5,000,000 pull events spread over the last 365 days, 500
-repositories, 5,000 actors, 50,000 clients), a fresh DuckDB file gets that history (written by SQL, in day order
-as loads over a year would have written it) with its derived tables built; nothing of that is timed. Then
-``--trials`` times, one new landing object of 1,000 pull events dated yesterday and today (the receiver's NDJSON,
-from the test factories) goes through the whole per-load path, each stage timed:
+repositories, 300 actors, 3,000 client addresses; ``--actors`` and ``--clients`` change them), a fresh DuckDB file
+gets that history (written by SQL, in day order as loads over a year would have written it) with its derived tables
+built; nothing of that is timed. Then ``--trials`` times, one new landing object of 1,000 pull events dated
+yesterday and today (the receiver's NDJSON, from the test factories) goes through the whole per-load path, each
+stage timed:
 
 - **load**: ``DuckDBWarehouse.load_objects`` (de-duplication, rejections, ledger, the per-load checks);
 - **daily**: ``refresh_daily_pulls`` of the days the load touched (the daily sensor's run);
@@ -41,9 +42,17 @@ from tests.pipeline.factories import GROUP, SOURCE, TAGS, LandingSpec, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work" / "history"
-REPOSITORIES, ACTORS, CLIENTS, DAYS = 500, 300, 3_000, 365
+REPOSITORIES, DAYS = 500, 365
 BATCH_EVENTS = 1_000
 STAGES = ("load", "daily", "summary")
+
+
+@dataclass(frozen=True)
+class People:
+    """How many distinct actors and client addresses pull: what the summary's running sets grow with."""
+
+    actors: int
+    clients: int
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=7)
     parser.add_argument("--quick", action="store_true", help="sizes 10k,100k,300k and 3 trials")
     parser.add_argument("--keep", action="store_true", help="keep the work files")
+    parser.add_argument("--actors", type=int, default=300, help="distinct actors across all repositories")
+    parser.add_argument(
+        "--clients", type=int, default=3_000, help="distinct client addresses (50,000: nearly every pull a new pair)"
+    )
     parser.add_argument(
         "--quiet-budget", type=float, default=0.0, help="seconds the run may wait, in all, for a quiet machine"
     )
@@ -71,31 +84,32 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     results: dict[int, list[Trial]] = {}
     gate = QuietGate(args.quiet_budget)
+    people = People(args.actors, args.clients)
     try:
         for size in sizes:
-            results[size] = measure(size, trials, gate)
+            results[size] = measure(size, trials, gate, people)
     finally:
         if not args.keep:
             shutil.rmtree(WORK, ignore_errors=True)
     log(f"waited {gate.waited:.0f} s in all for a quiet machine")
-    print(report(results, " ".join(sys.argv[1:])))
+    print(report(results, " ".join(sys.argv[1:]), people))
 
 
-def measure(size: int, trials: int, gate: QuietGate) -> list[Trial]:
+def measure(size: int, trials: int, gate: QuietGate, people: People) -> list[Trial]:
     folder = WORK / str(size)
     folder.mkdir(parents=True)
     warehouse = DuckDBWarehouse(_connector(folder / "warehouse.duckdb"))
     started = time.perf_counter()
-    write_history(warehouse, size)
+    write_history(warehouse, size, people)
     log(f"history of {size:,}: written and derived in {time.perf_counter() - started:.1f} s (not timed)")
     out = []
     for trial in range(trials):
-        out.append(one_load(warehouse, folder / f"landing-{trial}", 1_000 + trial, gate))
+        out.append(one_load(warehouse, folder / f"landing-{trial}", 1_000 + trial, gate, people))
         log(f"  trial {trial + 1}: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in out[-1].seconds.items()))
     return out
 
 
-def one_load(warehouse: DuckDBWarehouse, landing: Path, seed: int, gate: QuietGate) -> Trial:
+def one_load(warehouse: DuckDBWarehouse, landing: Path, seed: int, gate: QuietGate, people: People) -> Trial:
     """One new object of 1,000 pulls (yesterday and today) through the per-load path, each stage timed."""
     store = LocalLandingStore(landing)
     spec = LandingSpec(
@@ -104,8 +118,8 @@ def one_load(warehouse: DuckDBWarehouse, landing: Path, seed: int, gate: QuietGa
         days=2,
         first_day=datetime.now(UTC).date() - timedelta(days=1),
         events_per_object=BATCH_EVENTS,
-        actors=ACTORS,
-        clients=CLIENTS,
+        actors=people.actors,
+        clients=people.clients,
         extra_field_rate=0.0,
         seed=seed,
         instance=f"trial{seed}",
@@ -136,7 +150,7 @@ def raw_read(path: str) -> float:
         conn.close()
 
 
-def write_history(warehouse: DuckDBWarehouse, size: int) -> None:
+def write_history(warehouse: DuckDBWarehouse, size: int, people: People) -> None:
     """``size`` pulls over the last 365 days, in day order, then the derived tables and the ledger."""
     warehouse.ensure_tables()
     pulls = f"{quote(base.DATASET)}.{quote(base.PULLS)}"
@@ -180,8 +194,8 @@ def write_history(warehouse: DuckDBWarehouse, size: int) -> None:
                 "days": DAYS,
                 "size": size,
                 "repositories": REPOSITORIES,
-                "actors": ACTORS,
-                "clients": CLIENTS,
+                "actors": people.actors,
+                "clients": people.clients,
                 "source": SOURCE,
                 "pull_type": base.PULL_TYPE,
                 "group": GROUP,
@@ -200,7 +214,7 @@ def write_history(warehouse: DuckDBWarehouse, size: int) -> None:
         conn.execute("CHECKPOINT")
 
 
-def report(results: dict[int, list[Trial]], arguments: str) -> str:
+def report(results: dict[int, list[Trial]], arguments: str, people: People) -> str:
     smallest = min(results)
     base_total = statistics.median(t.total for t in results[smallest])
     lines = [
@@ -209,7 +223,8 @@ def report(results: dict[int, list[Trial]], arguments: str) -> str:
         f"`uv run python -m benchmarks.history_bench {arguments}`".replace(" `", "`"),
         "",
         f"One object of {BATCH_EVENTS:,} new pulls (yesterday and today) per trial; medians of "
-        f"{len(results[smallest])} trials; history spread over {DAYS} days.",
+        f"{len(results[smallest])} trials; history spread over {DAYS} days, {REPOSITORIES} repositories, "
+        f"{people.actors:,} actors, {people.clients:,} client addresses.",
         "",
         "| history | load | daily_pulls (touched days) | summary (changed repositories) | total | vs "
         f"{smallest:,} | raw read_ndjson | total / raw |",
