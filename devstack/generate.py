@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from devstack.issuer import DevIssuerMissing, check_serving, default_state_dir, read_state
+from devstack.issuer import DevIssuerMissing, default_state_dir, serving_signer
 from devstack.oidc import DEFAULT_GROUP, Signer
 from devstack.progress import Progress
 from devstack.replay import ReplayCounts, landed_events, landed_keys
@@ -69,12 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     signer, group = None, DEFAULT_GROUP
     if not args.unsigned:
         try:
-            state = read_state(args.issuer_state)
-            check_serving(state)
+            signer, group = serving_signer(args.issuer_state)
         except DevIssuerMissing as exc:
             print(exc, file=sys.stderr)
             return 2
-        signer, group = state.signer(), state.group
     report: dict[str, Any]
     if args.replay_from is not None:
         try:

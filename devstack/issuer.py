@@ -133,3 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def serving_signer(state_dir: Path) -> tuple[Signer, str]:
+    """The running development issuer's signer and group, for a script that sends signed deliveries.
+
+    Raises ``DevIssuerMissing`` (whose message says how to start one) when none is recorded or answering.
+    """
+    state = read_state(state_dir)
+    check_serving(state)
+    return state.signer(), state.group

@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from devstack.delivery import Event, delivery
-from devstack.issuer import DevIssuerMissing, check_serving, default_state_dir, read_state
+from devstack.issuer import DevIssuerMissing, default_state_dir, serving_signer
 from devstack.oidc import DEFAULT_GROUP
 
 
@@ -84,12 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     signer, group = None, DEFAULT_GROUP
     if not args.unsigned:
         try:
-            state = read_state(args.issuer_state)
-            check_serving(state)
+            signer, group = serving_signer(args.issuer_state)
         except DevIssuerMissing as exc:
             print(exc, file=sys.stderr)
             return 2
-        signer, group = state.signer(), state.group
     refused = 0
     for _ in range(args.count):
         request = delivery(sample_pull(group), signer)

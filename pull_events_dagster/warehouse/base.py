@@ -38,6 +38,16 @@ REPOSITORY_SUMMARY = "repository_pull_summary"
 DAILY_VALUES = "daily_repository_values"
 REPOSITORY_VALUES = "repository_values"
 SUMMARY_PENDING = "summary_pending"
+# The tables the derived layer's SQL files name, by their ``{{placeholder}}`` (warehouse/sql/<dialect>/*.sql).
+SQL_TABLES = {
+    "pulls": PULLS,
+    "events": EVENTS,
+    "daily": DAILY_PULLS,
+    "daily_values": DAILY_VALUES,
+    "repository_values": REPOSITORY_VALUES,
+    "pending": SUMMARY_PENDING,
+    "summary": REPOSITORY_SUMMARY,
+}
 # Tables of earlier versions that nothing reads any more; ensure_tables drops them.
 RETIRED_TABLES = ("refresh_state",)
 

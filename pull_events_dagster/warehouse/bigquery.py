@@ -1191,15 +1191,7 @@ WHERE outcome = 'rejected' AND NOT EXISTS (
 
     def _derived_tables(self) -> dict[str, str]:
         """The ``{{placeholders}}`` of the derived layer's SQL: its tables' qualified names."""
-        return {
-            "pulls": self._t(base.PULLS),
-            "events": self._t(base.EVENTS),
-            "daily": self._t(base.DAILY_PULLS),
-            "daily_values": self._t(base.DAILY_VALUES),
-            "repository_values": self._t(base.REPOSITORY_VALUES),
-            "pending": self._t(base.SUMMARY_PENDING),
-            "summary": self._t(base.REPOSITORY_SUMMARY),
-        }
+        return {placeholder: self._t(table) for placeholder, table in base.SQL_TABLES.items()}
 
     def _statements(self, name: str) -> list[str]:
         """The statements of ``sql/bigquery/<name>.sql``, filled in; ``{{run}}`` names this run's temp tables."""

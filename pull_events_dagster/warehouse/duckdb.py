@@ -1103,14 +1103,7 @@ class DuckDBWarehouse(base.Warehouse):
 
     def _derived_tables(self) -> dict[str, str]:
         """The ``{{placeholders}}`` of the derived layer's SQL: its tables' qualified names."""
-        return {
-            "pulls": self._table(base.PULLS),
-            "daily": self._table(base.DAILY_PULLS),
-            "daily_values": self._table(base.DAILY_VALUES),
-            "repository_values": self._table(base.REPOSITORY_VALUES),
-            "pending": self._table(base.SUMMARY_PENDING),
-            "summary": self._table(base.REPOSITORY_SUMMARY),
-        }
+        return {placeholder: self._table(table) for placeholder, table in base.SQL_TABLES.items()}
 
     def _statements(self, name: str) -> dict[str, str]:
         text = sql.source("duckdb", name)
