@@ -136,9 +136,11 @@ class ReceiverProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"receiver exited with {self.process.returncode}:\n{self.logs()}")
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):
+                # Not listening yet, or too slow to answer on a busy machine (readiness writes a probe to the
+                # landing zone): ask again until the deadline.
                 pass
             time.sleep(0.05)
         raise TimeoutError(f"receiver not ready after {timeout}s:\n{self.logs()}")
