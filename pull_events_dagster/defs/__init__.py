@@ -28,7 +28,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_load_job(),
             build_reconcile_job(),
             build_rebuild_job(),
-            build_derived_job(settings),
+            build_derived_job(),
             build_audit_job(),
         ],
         sensors=[build_landing_sensor(settings, LOAD_JOB), build_daily_sensor(settings), build_automation_sensor()],

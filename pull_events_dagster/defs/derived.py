@@ -115,15 +115,15 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
     return [daily_pulls, repository_pull_summary]
 
 
-def build_derived_job(settings: Settings) -> "UnresolvedAssetJobDefinition":
-    """Some day partitions of ``daily_pulls``, then the summary: what the daily sensor requests.
+def build_derived_job() -> "UnresolvedAssetJobDefinition":
+    """Some day partitions of ``daily_pulls`` (its partitions are the job's), then the summary: what the daily sensor
+    requests.
 
     Without the summary's audit (a scan of the whole pull table), which runs on its own schedule.
     """
     return dg.define_asset_job(
         DERIVED_JOB,
         selection=dg.AssetSelection.assets(DAILY_PULLS_KEY, SUMMARY_KEY).without_checks(),
-        partitions_def=daily_partitions(settings),
         tags=WAREHOUSE_RUN_TAGS,
         description="Recompute some days of daily_pulls, then the summary rows of the repositories they changed.",
     )
