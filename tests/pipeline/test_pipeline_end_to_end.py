@@ -227,6 +227,18 @@ def test_landed_events_flow_through_sensor_runs_into_both_derived_tables(
         warehouse, f"SELECT events FROM {DAILY} WHERE day = $d AND repository = 'acme.dev/python'", {"d": first_day}
     ) == [(1,)]
 
+    # A backfill of some days from the UI materializes daily_pulls alone: the automation then refreshes the summary.
+    evaluation, requested = automate(defs, instance, evaluation.cursor)
+    assert requested == []
+    backfill = defs.resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=instance,
+        asset_selection=[DAILY_PULLS_KEY],
+        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[1]},
+    )
+    assert sorted(day_metadata([backfill])) == days[:2]
+    evaluation, requested = automate(defs, instance, evaluation.cursor)
+    assert requested == [SUMMARY_KEY]
+
     # The scheduled audits judge the whole tables, the summary against a recompute from the pull table.
     audit = defs.resolve_job_def(AUDIT_JOB).execute_in_process(instance=instance)
     verdicts = {e.check_name: e for e in audit.get_asset_check_evaluations()}
