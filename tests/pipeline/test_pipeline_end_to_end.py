@@ -291,6 +291,9 @@ def test_an_object_gone_when_its_run_starts_is_quarantined_and_the_next_reconcil
     shown = metadata(run, QUARANTINED_KEY)
     assert (shown["dagster/row_count"], shown["objects_quarantined"]) == (1, 1)
     assert shown["quarantined_by_this_run"] == f"- `{key}`: object_missing"
+    # The run's own checks name it too: its lines are not among the rows they judged.
+    [unique] = [e for e in run.get_asset_check_evaluations() if e.check_name == LOADED_UNIQUE]
+    assert unique.metadata["objects_quarantined"].value == f"| object | reason |\n|---|---|\n| {key} | object_missing |"
 
     store.write_new(key, content)  # readable again: the next pass finds it unloaded and loads it
     reconciled = defs.resolve_job_def(RECONCILE_JOB).execute_in_process(instance=instance)
