@@ -352,6 +352,8 @@ def test_poison_lines_are_quarantined_with_their_reason_while_neighbours_load(en
         assert (landing_object, run_id) == (key, "run-p")
     figures = engine.warehouse.check_figures()
     assert (figures.rejected_lines, figures.landed_lines, figures.accounted_lines) == (12, 25, 25)
+    # Every reason once: the audit names the first ones by name.
+    assert figures.rejected_reasons == dict.fromkeys(sorted(REJECTION_REASONS)[: base.REJECTED_REASON_EXAMPLES], 1)
 
 
 def test_empty_and_blank_lines_are_ignored(engine: Engine) -> None:
@@ -708,6 +710,43 @@ def test_a_daily_refresh_reads_and_writes_exactly_the_days_it_is_given_and_is_id
     assert [row[:9] for day in stays for row in daily[day]] == expected
     assert [row[2] for row in daily[d12]] == [99]  # not read, not written
     assert [row[9:] for row in daily[d11]] == [(pulls[1].when, pulls[4].when)]  # first_pull, last_pull
+
+
+def test_the_previews_show_the_days_asked_for_and_the_summary_from_the_derived_tables_alone(engine: Engine) -> None:
+    d10, d11, d12, d13 = (datetime(2026, 11, day, 10, 0) for day in (10, 11, 12, 13))
+    pulls = [
+        *(facts(f"ax{n}", when=d10 + timedelta(minutes=n), repository="a/x") for n in range(3)),
+        facts("ax-head", when=d10, repository="a/x", method="HEAD"),
+        facts("ax-404", when=d10, repository="a/x", error_status=404),
+        facts("by0", when=d10, repository="b/y"),
+        *(facts(f"by{n}", when=d11 + timedelta(minutes=n), repository="b/y") for n in (1, 2)),
+        *(facts(f"cz{n}", when=d11 + timedelta(minutes=n), repository="c/z") for n in range(2)),
+        facts("cz-500", when=d11, repository="c/z", kind="blob", error_status=500),
+        *(facts(f"ax12-{n}", when=d12 + timedelta(minutes=n), repository="a/x") for n in range(10)),
+    ]
+    loaded = engine.load(write_object(engine.store, PULL_TYPE, [pull_event(p) for p in pulls], T0))
+    engine.warehouse.refresh_daily_pulls(loaded.affected_days)
+    engine.warehouse.refresh_repository_summary()
+    # The previews read the derived tables only: with the pull table emptied they show the same.
+    engine.select(f"DELETE FROM {{{base.PULLS}}} WHERE true")
+
+    preview = engine.warehouse.daily_preview([d13.date(), d11.date(), d10.date()], top=2)
+    assert preview == base.DailyPreview(
+        days=[
+            base.DayTotals(d10.date(), image_pulls=4, events=6, errors=1, repositories=2),
+            base.DayTotals(d11.date(), image_pulls=4, events=5, errors=1, repositories=2),
+            base.DayTotals(d13.date(), image_pulls=0, events=0, errors=0, repositories=0),  # no pulls that day
+        ],
+        # a/x and b/y tie on image pulls: by name. The 12th's ten pulls of a/x are not among the days asked for.
+        top_repositories=[base.RepositoryPulls("a/x", 3, 5, 1), base.RepositoryPulls("b/y", 3, 3, 0)],
+    )
+    assert engine.warehouse.summary_preview(top=2) == base.SummaryPreview(
+        repositories=3,
+        image_pulls=18,
+        events=21,
+        errors=2,
+        top_repositories=[base.RepositoryPulls("a/x", 13, 15, 1), base.RepositoryPulls("b/y", 3, 3, 0)],
+    )
 
 
 def _at(engine: Engine, moment: datetime) -> None:

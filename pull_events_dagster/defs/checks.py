@@ -12,6 +12,7 @@ import dagster as dg
 
 from pull_events.settings import Settings
 from pull_events_dagster.defs.assets import PULLS_KEY, REJECTED_KEY, SUMMARY_KEY, WAREHOUSE_POOL, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.markdown import table
 from pull_events_dagster.defs.resources import WarehouseResource
 from pull_events_dagster.warehouse.base import FutureDatedPull
 
@@ -115,6 +116,10 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 "total_lines": figures.total_lines,
                 "rejected_rate": rate,
                 "threshold": threshold,
+                # Which rules the lines broke, most frequent first: what to look at when the rate is high.
+                "top_reasons": dg.MetadataValue.md(
+                    table(("reason", "lines"), sorted(figures.rejected_reasons.items(), key=lambda r: (-r[1], r[0])))
+                ),
             },
         )
         raw_rate = figures.rows_with_raw_event / figures.pull_rows if figures.pull_rows else 0.0
@@ -130,6 +135,9 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
                 "raw_event_rate": raw_rate,
                 "threshold": raw_threshold,
                 "keys_without_column": dg.MetadataValue.json(figures.keys_without_column),
+                "keys_without_column_table": dg.MetadataValue.md(
+                    table(("key", "rows"), figures.keys_without_column.items())
+                ),
             },
         )
         yield dg.AssetCheckResult(
@@ -162,7 +170,7 @@ def build_checks(settings: Settings) -> list[dg.AssetChecksDefinition]:
             metadata={
                 "repositories_compared": audit.rows_compared,
                 "repositories_differing": audit.rows_differing,
-                "examples": dg.MetadataValue.md("\n".join(f"- `{name}`" for name in audit.examples) or "none"),
+                "examples": dg.MetadataValue.md(table(("repository differing",), ((name,) for name in audit.examples))),
                 "as_of": audit.as_of.isoformat() if audit.as_of else "-",
             },
         )
@@ -195,15 +203,7 @@ def build_audit_schedule(settings: Settings) -> dg.ScheduleDefinition:
 
 def _future_dated_table(examples: Sequence[FutureDatedPull]) -> str:
     """The future-dated pulls named by a check, as a Markdown table."""
-    if not examples:
-        return "none"
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| event_source | event_id | repository | body.when |", "|---|---|---|---|"]
-    lines += [
-        f"| {cell(e.event_source)} | {cell(e.event_id)} | {cell(e.repository)} | {e.when.isoformat()} |"
-        for e in examples
-    ]
-    return "\n".join(lines)
+    return table(
+        ("event_source", "event_id", "repository", "body.when"),
+        ((e.event_source, e.event_id, e.repository, e.when.isoformat()) for e in examples),
+    )

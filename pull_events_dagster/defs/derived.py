@@ -27,6 +27,7 @@ from pull_events_dagster.defs.assets import (
     describe,
     table_metadata,
 )
+from pull_events_dagster.defs.markdown import daily_preview_metadata, summary_preview_metadata
 from pull_events_dagster.defs.partitions import daily_partitions
 from pull_events_dagster.defs.resources import WarehouseResource
 from pull_events_dagster.defs.retries import LOAD_RETRY_POLICY, LOAD_RUN_RETRY_TAGS
@@ -64,6 +65,8 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         with warehouse.open() as wh:
             result = wh.refresh_daily_pulls(days)
             metadata = table_metadata(wh, base.DAILY_PULLS)
+            # What the UI shows of the run: read from the run's days of daily_pulls only.
+            preview = wh.daily_preview(days)
         context.log.info(
             "recomputed %d days (%s .. %s): %d rows; %d repositories marked for the summary",
             len(days),
@@ -79,6 +82,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
                 **metadata,
                 "rows_per_day": dg.MetadataValue.json({day.isoformat(): n for day, n in result.rows_per_day.items()}),
                 "repositories_marked": result.repositories_marked,
+                **daily_preview_metadata(preview),
             }
         )
 
@@ -99,6 +103,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         with warehouse.open() as wh:
             result = wh.refresh_repository_summary()
             metadata = table_metadata(wh, base.REPOSITORY_SUMMARY)
+            preview = wh.summary_preview()
         context.log.info(
             "recomputed %d repositories%s",
             result.repositories_recomputed,
@@ -109,6 +114,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
                 **metadata,
                 "repositories_recomputed": result.repositories_recomputed,
                 "day_turned": result.day_turned,
+                **summary_preview_metadata(preview),
             }
         )
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Set
 import dagster as dg
 
 from pull_events.settings import Settings
+from pull_events_dagster.defs.markdown import table
 from pull_events_dagster.warehouse import base
 
 LOADED_UNIQUE = "loaded_rows_unique"
@@ -48,18 +49,28 @@ def load_check_results(
     """The results of the selected load checks for a run that wrote ``total``."""
     first_day = settings.pipeline.first_day
     early = [day for day in total.affected_days if day < first_day]
+    # Objects of the run that could not be read: none of their lines is among the rows judged here.
+    quarantined = dg.MetadataValue.md(table(("object", "reason"), sorted(total.quarantined.items())))
     results = [
         dg.AssetCheckResult(
             check_name=LOADED_UNIQUE,
             asset_key=pulls_key,
             passed=total.loaded_duplicate_keys == 0,
-            metadata={"duplicate_keys": total.loaded_duplicate_keys, "rows_written": _rows(total)},
+            metadata={
+                "duplicate_keys": total.loaded_duplicate_keys,
+                "rows_written": _rows(total),
+                "objects_quarantined": quarantined,
+            },
         ),
         dg.AssetCheckResult(
             check_name=LOADED_COMPLETE,
             asset_key=pulls_key,
             passed=total.loaded_missing_required == 0,
-            metadata={"rows_missing_required_fields": total.loaded_missing_required, "rows_written": _rows(total)},
+            metadata={
+                "rows_missing_required_fields": total.loaded_missing_required,
+                "rows_written": _rows(total),
+                "objects_quarantined": quarantined,
+            },
         ),
         dg.AssetCheckResult(
             check_name=LOADED_DATED,
@@ -69,6 +80,9 @@ def load_check_results(
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
                 "days_before_first_day": [day.isoformat() for day in early],
+                "days_before_first_day_table": dg.MetadataValue.md(
+                    table(("day counted in no partition",), ((day.isoformat(),) for day in early))
+                ),
                 "first_day": first_day.isoformat(),
             },
         ),

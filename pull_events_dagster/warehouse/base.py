@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import get_origin, get_type_hints
+from typing import Any, get_origin, get_type_hints
 
 from pull_events.landing import LandedObject, LandingStore
 from pull_events.settings import MAX_TOKEN_LIFETIME_SECONDS
@@ -61,6 +61,10 @@ FUTURE_DATED_EXAMPLES = 5
 SUMMARY_AUDIT_EXAMPLES = 5
 # The summary's longest time window, in days (image_pulls_last_30d).
 LONGEST_WINDOW_DAYS = 30
+# How many rejection reasons the rejected-rate audit names (the most frequent).
+REJECTED_REASON_EXAMPLES = 10
+# How many repositories a materialization's preview names.
+PREVIEW_REPOSITORIES = 5
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,70 @@ class SummaryRefresh:
 
 
 @dataclass(frozen=True)
+class RepositoryPulls:
+    """One repository's figures in a preview."""
+
+    repository: str
+    image_pulls: int
+    events: int
+    errors: int
+
+
+@dataclass(frozen=True)
+class DayTotals:
+    """One day's figures over every repository, from its ``daily_pulls`` rows."""
+
+    day: date
+    image_pulls: int
+    events: int
+    errors: int
+    repositories: int  # repositories with pulls that day
+
+
+@dataclass(frozen=True)
+class DailyPreview:
+    """What some days of ``daily_pulls`` hold, for a materialization's metadata: read from those days' rows only."""
+
+    days: list[DayTotals]  # every day asked for, in order; zeros for a day without pulls
+    top_repositories: list[RepositoryPulls]  # over those days, most image pulls first (then by name)
+
+
+@dataclass(frozen=True)
+class SummaryPreview:
+    """What ``repository_pull_summary`` holds, for its materialization's metadata (one row per repository read)."""
+
+    repositories: int
+    image_pulls: int
+    events: int
+    errors: int
+    top_repositories: list[RepositoryPulls]  # most image pulls over all days first (then by name)
+
+
+def ranked_repositories(rows: Iterable[Sequence[Any]]) -> list[RepositoryPulls]:
+    """A preview's ranking from its query's rows: (repository, image pulls, events, errors)."""
+    return [RepositoryPulls(str(repository), *(int(n) for n in figures)) for repository, *figures in rows]
+
+
+def daily_preview_from_rows(
+    days: Sequence[date], totals: Iterable[Sequence[Any]], ranked: Iterable[Sequence[Any]]
+) -> DailyPreview:
+    """A preview from its two queries' rows: every day asked for (zeros for a day without rows), and the ranking."""
+    found = {row[0]: row for row in totals}
+    return DailyPreview(
+        days=[
+            DayTotals(day, *(int(n) for n in found[day][1:])) if day in found else DayTotals(day, 0, 0, 0, 0)
+            for day in sorted(set(days))
+        ],
+        top_repositories=ranked_repositories(ranked),
+    )
+
+
+def error_rate_pct(errors: int, events: int) -> float:
+    """Errors as a percentage of events, rounded to 2 decimals; 0 without events (nothing failed)."""
+    return round(100 * errors / events, 2) if events else 0.0
+
+
+@dataclass(frozen=True)
 class SummaryAudit:
     """``repository_pull_summary`` compared with a full recompute from the pull table, as of its last refresh."""
 
@@ -146,6 +214,8 @@ class CheckFigures:
     # Pull rows dated (body.when) beyond the warehouse's clock plus the future tolerance, and a few of them.
     future_dated_pulls: int = 0
     future_dated_examples: list[FutureDatedPull] = field(default_factory=list)
+    # The most frequent reasons in the rejected table, with their lines, most first (then by reason).
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -242,6 +312,15 @@ class Warehouse(ABC):
         recomputed too. Pulls dated after the horizon day (the day of the clock plus the future tolerance)
         count in no time-based figure (the checks flag them).
         """
+
+    @abstractmethod
+    def daily_preview(self, days: Sequence[date], top: int = PREVIEW_REPOSITORIES) -> DailyPreview:
+        """Per-day totals of ``days`` and their ``top`` repositories by image pulls, from those days' ``daily_pulls``
+        rows only (never the pull table): the cost of a run's preview does not grow with history."""
+
+    @abstractmethod
+    def summary_preview(self, top: int = PREVIEW_REPOSITORIES) -> SummaryPreview:
+        """The summary's totals and its ``top`` repositories by image pulls (one row per repository: no pull table)."""
 
     @abstractmethod
     def summary_audit(self) -> SummaryAudit:

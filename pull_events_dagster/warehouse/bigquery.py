@@ -1239,6 +1239,34 @@ WHERE outcome = 'rejected' AND NOT EXISTS (
             computed_at=clock,
         )
 
+    def _preview(self, name: str, variables: dict[str, tuple[str, object]]) -> list[bigquery.Row]:
+        """The rows of one statement of ``sql/bigquery/preview.sql``, after ``DECLARE``s of ``variables``."""
+        text = sql.source("bigquery", "preview")
+        tables = {key: value for key, value in self._derived_tables().items() if "{{" + key + "}}" in text}
+        statement = sql.statements("bigquery", "preview", **tables)[name]
+        # DECLAREs of only the variables the statement names: the others would be unused.
+        used = {key: value for key, value in variables.items() if re.search(rf"\b{key}\b", statement)}
+        return self.query(f"{script_variables(**used)}{statement};\n")
+
+    def daily_preview(self, days: Sequence[date], top: int = base.PREVIEW_REPOSITORIES) -> base.DailyPreview:
+        self._ready()
+        variables = {**day_variables(days), "v_top": ("INT64", top)}
+        totals = self._preview("day_totals", variables)
+        ranked = self._preview("day_top", variables)
+        return base.daily_preview_from_rows(days, [tuple(row) for row in totals], [tuple(row) for row in ranked])
+
+    def summary_preview(self, top: int = base.PREVIEW_REPOSITORIES) -> base.SummaryPreview:
+        self._ready()
+        [(repositories, image_pulls, events, errors)] = self._preview("summary_totals", {})
+        ranked = self._preview("summary_top", {"v_top": ("INT64", top)})
+        return base.SummaryPreview(
+            repositories=int(repositories),
+            image_pulls=int(image_pulls),
+            events=int(events),
+            errors=int(errors),
+            top_repositories=base.ranked_repositories(tuple(row) for row in ranked),
+        )
+
     def summary_audit(self) -> base.SummaryAudit:
         self._ready()
         as_of = self.query(f"SELECT MAX(computed_at) FROM {self._t(base.REPOSITORY_SUMMARY)}")[0][0]
@@ -1302,6 +1330,10 @@ ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
                 bigquery.ScalarQueryParameter("n", "INT64", base.FUTURE_DATED_EXAMPLES),
             ],
         )
+        reasons = self.query(
+            sql.statements("bigquery", "rejected_reasons", rejected=self._t(base.REJECTED))["reasons"],
+            [bigquery.ScalarQueryParameter("n", "INT64", base.REJECTED_REASON_EXAMPLES)],
+        )
         return base.CheckFigures(
             duplicate_keys=row["duplicate_keys"],
             missing_required=row["missing_required"],
@@ -1316,6 +1348,7 @@ ORDER BY pulled_at DESC, event_source, event_id LIMIT @n
             future_dated_examples=[
                 base.FutureDatedPull(r["event_source"], r["event_id"], r["repository"], r["pulled_at"]) for r in future
             ],
+            rejected_reasons={r["reason"]: int(r["n"]) for r in reasons},
         )
 
     def row_count(self, table: str) -> int:

@@ -1167,6 +1167,29 @@ class DuckDBWarehouse(base.Warehouse):
             computed_at=clock,
         )
 
+    def daily_preview(self, days: Sequence[date], top: int = base.PREVIEW_REPOSITORIES) -> base.DailyPreview:
+        statements = self._statements("preview")
+        params = {**_days(days), "top": top}
+        with self.session() as conn:
+            self._ensure_tables(conn)
+            totals = conn.execute(statements["day_totals"], _used(statements["day_totals"], params)).fetchall()
+            ranked = conn.execute(statements["day_top"], _used(statements["day_top"], params)).fetchall()
+        return base.daily_preview_from_rows(params["days"], totals, ranked)
+
+    def summary_preview(self, top: int = base.PREVIEW_REPOSITORIES) -> base.SummaryPreview:
+        statements = self._statements("preview")
+        with self.session() as conn:
+            self._ensure_tables(conn)
+            repositories, image_pulls, events, errors = conn.execute(statements["summary_totals"]).fetchone()
+            ranked = conn.execute(statements["summary_top"], {"top": top}).fetchall()
+        return base.SummaryPreview(
+            repositories=int(repositories),
+            image_pulls=int(image_pulls),
+            events=int(events),
+            errors=int(errors),
+            top_repositories=base.ranked_repositories(ranked),
+        )
+
     def summary_audit(self) -> base.SummaryAudit:
         statement = self._statements("summary_audit")["differences"]
         with self.session() as conn:
@@ -1231,6 +1254,10 @@ class DuckDBWarehouse(base.Warehouse):
                 """,
                 {"tolerance": self.future_tolerance, "n": base.FUTURE_DATED_EXAMPLES},
             ).fetchall()
+            reasons = conn.execute(
+                sql.statements("duckdb", "rejected_reasons", rejected=self._table(base.REJECTED))["reasons"],
+                {"n": base.REJECTED_REASON_EXAMPLES},
+            ).fetchall()
         duplicate_keys, missing, landed, accounted, rejected = (int(v) for v in row)
         return base.CheckFigures(
             duplicate_keys=duplicate_keys,
@@ -1244,6 +1271,7 @@ class DuckDBWarehouse(base.Warehouse):
             keys_without_column={key: int(count) for key, count in keys},
             future_dated_pulls=int(future[0][0]) if future else 0,
             future_dated_examples=[base.FutureDatedPull(*example) for _, *example in future],
+            rejected_reasons={str(reason): int(count) for reason, count in reasons},
         )
 
     def row_count(self, table: str) -> int:

@@ -42,7 +42,14 @@ from pull_events_dagster.warehouse import base
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from pull_events_dagster.warehouse.schema import TABLES
 from tests.pipeline.conftest import pipeline_settings, rows
-from tests.pipeline.factories import PULL_TYPE, LandingSpec, pull_event, synthetic_landing, write_object
+from tests.pipeline.factories import (
+    PULL_TYPE,
+    LandingSpec,
+    poison_event,
+    pull_event,
+    synthetic_landing,
+    write_object,
+)
 from tests.pipeline.test_duckdb_warehouse import (
     DAILY,
     LEDGER,
@@ -296,6 +303,9 @@ def test_an_object_gone_when_its_run_starts_is_quarantined_and_the_next_reconcil
     shown = metadata(run, QUARANTINED_KEY)
     assert (shown["dagster/row_count"], shown["objects_quarantined"]) == (1, 1)
     assert shown["quarantined_by_this_run"] == f"- `{key}`: object_missing"
+    # The run's own checks name it too: its lines are not among the rows they judged.
+    [unique] = [e for e in run.get_asset_check_evaluations() if e.check_name == LOADED_UNIQUE]
+    assert unique.metadata["objects_quarantined"].value == f"| object | reason |\n|---|---|\n| {key} | object_missing |"
 
     store.write_new(key, content)  # readable again: the next pass finds it unloaded and loads it
     reconciled = defs.resolve_job_def(RECONCILE_JOB).execute_in_process(instance=instance)
@@ -391,3 +401,92 @@ def test_pulls_dated_beyond_the_configured_tolerance_fail_a_warning_check_that_n
         "| cgr.dev | far | acme.dev/far | 9999-01-01T00:00:00 |",
         f"| cgr.dev | ahead | acme.dev/ahead | {pulls[2].when.isoformat()} |",
     ]
+
+
+def test_derived_materializations_carry_a_preview_and_the_figures_the_plots_tab_draws(
+    defs: dg.Definitions, instance: dg.DagsterInstance, store: LocalLandingStore
+) -> None:
+    now = datetime.now(UTC)
+    day_a = (now - timedelta(days=2)).replace(tzinfo=None, hour=9, minute=0, second=0, microsecond=0)
+    day_b = day_a + timedelta(days=1)
+    lines = [
+        *(pull_event(facts(f"py{n}", when=day_a + timedelta(minutes=n))) for n in range(3)),
+        pull_event(facts("py-404", when=day_a, error_status=404)),
+        pull_event(facts("go0", when=day_a, repository="acme.dev/go")),
+        pull_event(facts("go-head", when=day_a, repository="acme.dev/go", method="HEAD")),
+        *(pull_event(facts(f"go{n}", when=day_b + timedelta(minutes=n), repository="acme.dev/go")) for n in (1, 2)),
+        poison_event("invalid_json", facts("bad")),
+    ]
+    write_object(store, PULL_TYPE, lines, now)
+    requests, cursor = sensor_tick(defs, instance, None)
+    runs = launch(defs, instance, requests)
+    assert all(run.success for run in runs)
+    [unique] = [e for run in runs for e in run.get_asset_check_evaluations() if e.check_name == LOADED_UNIQUE]
+    assert unique.metadata["objects_quarantined"].value == "none"
+
+    # The two days are one range run; each of its partitions carries the run's preview and totals.
+    _, [derived_run], day_cursor = derive(defs, instance, None)
+    a, b = day_a.date().isoformat(), day_b.date().isoformat()
+    by_day = day_metadata([derived_run])
+    assert sorted(by_day) == [a, b]
+    for meta in by_day.values():
+        assert {key: meta[key] for key in ("image_pulls", "events", "errors", "error_rate_pct")} == {
+            "image_pulls": 6,
+            "events": 8,
+            "errors": 1,
+            "error_rate_pct": 12.5,
+        }
+        assert meta["preview"] == "\n".join(
+            [
+                f"### Top repositories, {a} .. {b}",
+                "",
+                "| repository | image pulls | events | errors | error rate |",
+                "|---|---|---|---|---|",
+                "| acme.dev/go | 3 | 4 | 0 | 0.00 % |",  # a tie on image pulls: by name
+                "| acme.dev/python | 3 | 4 | 1 | 25.00 % |",
+                "",
+                "### By day",
+                "",
+                "| day | image pulls | events | errors | error rate | repositories |",
+                "|---|---|---|---|---|---|",
+                f"| {a} | 4 | 6 | 1 | 16.67 % | 2 |",
+                f"| {b} | 2 | 2 | 0 | 0.00 % | 1 |",
+            ]
+        )
+    summary = metadata(derived_run, SUMMARY_KEY)
+    assert {key: summary[key] for key in ("repositories", "image_pulls", "events", "errors", "error_rate_pct")} == {
+        "repositories": 2,
+        "image_pulls": 6,
+        "events": 8,
+        "errors": 1,
+        "error_rate_pct": 12.5,
+    }
+    assert summary["preview"].splitlines()[4:] == [
+        "| acme.dev/go | 3 | 4 | 0 | 0.00 % |",
+        "| acme.dev/python | 3 | 4 | 1 | 25.00 % |",
+    ]
+    # The Plots tab draws numbers: Dagster keeps these as ints and floats, not text.
+    [materialization] = [
+        m.materialization
+        for m in derived_run.get_asset_materialization_events()
+        if m.asset_key == DAILY_PULLS_KEY and m.materialization.partition == a
+    ]
+    assert isinstance(materialization.metadata["image_pulls"], dg.IntMetadataValue)
+    assert isinstance(materialization.metadata["error_rate_pct"], dg.FloatMetadataValue)
+    assert isinstance(materialization.metadata["preview"], dg.MarkdownMetadataValue)
+
+    # A late failed blob GET of the first day: that day alone, its own partition's figures.
+    write_object(
+        store, PULL_TYPE, [pull_event(facts("py-500", when=day_a, kind="blob", error_status=500))], now, sequence=2
+    )
+    requests, _ = sensor_tick(defs, instance, cursor)
+    assert all(run.success for run in launch(defs, instance, requests))
+    _, late_runs, _ = derive(defs, instance, day_cursor)
+    [(day, late)] = day_metadata(late_runs).items()
+    assert (day, late["image_pulls"], late["events"], late["errors"], late["error_rate_pct"]) == (a, 4, 7, 2, 28.57)
+    assert late["preview"].splitlines()[0] == f"### Top repositories, {a}"
+
+    # The audit names the reasons lines were rejected for.
+    audit = defs.resolve_job_def(AUDIT_JOB).execute_in_process(instance=instance)
+    [rate] = [e for e in audit.get_asset_check_evaluations() if e.check_name == REJECTED_RATE]
+    assert rate.metadata["top_reasons"].value == "| reason | lines |\n|---|---|\n| invalid_json | 1 |"
