@@ -369,7 +369,9 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
     @dg.sensor(
         name=LANDING_SENSOR,
         job_name=job_name,
-        minimum_interval_seconds=15,
+        # Each tick is one ranged listing per type, cheap enough every 5 s; at 15 s the wait for the next tick
+        # dominated how long an event took to reach the table (benchmarks/RESULTS.md, stack latency).
+        minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description=f"Requests load runs (at most {max_objects} objects each, {MAX_BATCHES_IN_FLIGHT} queued or "
         f"running) for objects landed since the last tick (less {settings.pipeline.lateness_seconds}s of lateness) "

@@ -1,5 +1,6 @@
-"""``scripts/stack --receiver-only`` as a developer runs it: the development issuer and a receiver verifying its
-tokens; ``PULL_EVENTS_AUTH=off`` still possible, on loopback only."""
+"""``scripts/stack`` as a developer runs it: the development issuer and a receiver verifying its tokens;
+``PULL_EVENTS_AUTH=off`` still possible, on loopback only; the full stack with Dagster stopped by Ctrl-C, leaving no
+process behind and its tables intact."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,3 +96,97 @@ def test_auth_off_runs_on_loopback_only(tmp_path: Path) -> None:
     )  # fmt: skip
     assert public.returncode != 0
     assert "PULL_EVENTS_AUTH=off lets anyone land events" in public.stderr + public.stdout
+
+
+def marked_processes(marker: str) -> list[str]:
+    """Every live process whose environment or command line carries ``marker``: whatever the stack started
+    inherits its environment, whichever process group or session it ends up in."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            carried = (proc / "environ").read_bytes() + (proc / "cmdline").read_bytes()
+            state = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("State:"))
+        except (OSError, StopIteration):
+            continue  # gone meanwhile, or not ours to read
+        if marker.encode() in carried and "zombie" not in state:
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{proc.name}: {command}")
+    return found
+
+
+def pull_rows(warehouse: Path) -> int | None:
+    """Rows in the pull table, read-only; None while the file is missing or a load holds its lock."""
+    import duckdb
+
+    try:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            rows = con.sql("SELECT count(*) FROM cloudevents_pull_event_recorder.dev_chainguard_registry_pull_v1")
+            return int(rows.fetchall()[0][0])
+    except (duckdb.IOException, duckdb.CatalogException):
+        return None
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    # Generous: a loaded machine may be slow; how fast it is belongs to benchmarks/stack_latency.py.
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def start_full_stack(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [ROOT / "scripts/stack"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    wait_until(lambda: process.poll() is not None or "dagster: " in log.read_text(), "the stack never got ready")
+    assert process.poll() is None, f"scripts/stack exited with {process.returncode}:\n{log.read_text()}"
+    return process
+
+
+def test_ctrl_c_stops_the_full_stack_and_leaves_nothing_and_its_tables_survive(tmp_path: Path) -> None:
+    marker = f"stack-test-{uuid.uuid4()}"
+    warehouse = tmp_path / "warehouse.duckdb"
+    env = stack_env(
+        tmp_path, DAGSTER_PORT=str(free_port()), DAGSTER_HOME=str(tmp_path / "dagster"),
+        PULL_EVENTS_WAREHOUSE=str(warehouse), PULL_EVENTS_STACK_TEST_MARKER=marker,
+    )  # fmt: skip
+    log = tmp_path / "stack.log"
+    dagster = f"http://127.0.0.1:{env['DAGSTER_PORT']}/server_info"
+
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        _stop_and_restart(env, log, marker, warehouse, dagster, started)
+    finally:  # a failed assertion still stops the stack
+        for process in started:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                process.wait(120)
+
+
+def _stop_and_restart(
+    env: dict[str, str], log: Path, marker: str, warehouse: Path, dagster: str, started: list[subprocess.Popen[bytes]]
+) -> None:
+    process = start_full_stack(env, log)
+    started.append(process)
+    assert urllib.request.urlopen(dagster, timeout=10).status == 200
+    sent = send_samples(f"http://127.0.0.1:{env['PORT']}/", 1, env=env)
+    assert (sent.returncode, sent.stdout.split()[0]) == (0, "202")
+    wait_until(lambda: pull_rows(warehouse) == 1, f"the event never reached the pull table:\n{log.read_text()}")
+    assert len(marked_processes(marker)) >= 5  # the marker does reach the servers and their children
+    process.send_signal(signal.SIGINT)  # one Ctrl-C
+    assert process.wait(120) == 130
+    assert marked_processes(marker) == []
+
+    # Restarted on the same files: the row is still there, and the instance took dagster.yaml as it is now.
+    process = start_full_stack(env, log.with_suffix(".restart.log"))
+    started.append(process)
+    assert pull_rows(warehouse) == 1
+    assert (Path(env["DAGSTER_HOME"]) / "dagster.yaml").read_bytes() == (ROOT / "dagster.yaml").read_bytes()
+    process.send_signal(signal.SIGINT)  # Ctrl-C twice, the second while the first is still stopping
+    process.send_signal(signal.SIGINT)
+    assert process.wait(120) == 130
+    assert marked_processes(marker) == []
+    assert pull_rows(warehouse) == 1
