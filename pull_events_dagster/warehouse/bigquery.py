@@ -1195,10 +1195,8 @@ WHERE outcome = 'rejected' AND NOT EXISTS (
 
     def _statements(self, name: str) -> list[str]:
         """The statements of ``sql/bigquery/<name>.sql``, filled in; ``{{run}}`` names this run's temp tables."""
-        text = sql.source("bigquery", name)
         names = {**self._derived_tables(), "run": uuid.uuid4().hex[:8]}
-        used = {key: value for key, value in names.items() if "{{" + key + "}}" in text}
-        return list(sql.statements("bigquery", name, **used).values())
+        return list(sql.statements_from("bigquery", name, names).values())
 
     def _script(self, name: str, variables: dict[str, tuple[str, object]], *, transaction: bool = False) -> Any:
         """Run ``sql/bigquery/<name>.sql`` as one script and return its last statement's row. ``transaction``: every
@@ -1241,9 +1239,7 @@ WHERE outcome = 'rejected' AND NOT EXISTS (
 
     def _preview(self, name: str, variables: dict[str, tuple[str, object]]) -> list[bigquery.Row]:
         """The rows of one statement of ``sql/bigquery/preview.sql``, after ``DECLARE``s of ``variables``."""
-        text = sql.source("bigquery", "preview")
-        tables = {key: value for key, value in self._derived_tables().items() if "{{" + key + "}}" in text}
-        statement = sql.statements("bigquery", "preview", **tables)[name]
+        statement = sql.statements_from("bigquery", "preview", self._derived_tables())[name]
         # DECLAREs of only the variables the statement names: the others would be unused.
         used = {key: value for key, value in variables.items() if re.search(rf"\b{key}\b", statement)}
         return self.query(f"{script_variables(**used)}{statement};\n")

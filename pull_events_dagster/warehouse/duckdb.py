@@ -1106,9 +1106,7 @@ class DuckDBWarehouse(base.Warehouse):
         return {placeholder: self._table(table) for placeholder, table in base.SQL_TABLES.items()}
 
     def _statements(self, name: str) -> dict[str, str]:
-        text = sql.source("duckdb", name)
-        tables = {key: value for key, value in self._derived_tables().items() if "{{" + key + "}}" in text}
-        return sql.statements("duckdb", name, **tables)
+        return sql.statements_from("duckdb", name, self._derived_tables())
 
     def refresh_daily_pulls(self, days: Sequence[date]) -> base.DailyRefresh:
         statements = self._statements("refresh_daily_pulls")

@@ -8,6 +8,7 @@ bound parameters (``$name`` in DuckDB, ``@name`` or ``DECLARE``d variables in Bi
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Literal
@@ -34,6 +35,16 @@ def statement(dialect: Dialect, name: str, **fragments: str) -> str:
         missing, extra = sorted(wanted - set(fragments)), sorted(set(fragments) - wanted)
         raise KeyError(f"sql/{dialect}/{name}.sql: placeholders missing {missing}, unknown {extra}")
     return _PLACEHOLDER.sub(lambda match: fragments[match.group(1)], text)
+
+
+def placeholders(dialect: Dialect, name: str) -> set[str]:
+    """The ``{{placeholders}}`` ``sql/<dialect>/<name>.sql`` names."""
+    return set(_PLACEHOLDER.findall(source(dialect, name)))
+
+
+def statements_from(dialect: Dialect, name: str, available: Mapping[str, str]) -> dict[str, str]:
+    """``statements`` filled from ``available``, a superset of what the file names (e.g. every table's name)."""
+    return statements(dialect, name, **{key: available[key] for key in placeholders(dialect, name) if key in available})
 
 
 def statements(dialect: Dialect, name: str, **fragments: str) -> dict[str, str]:
