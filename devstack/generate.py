@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from devstack.issuer import DevIssuerMissing, default_state_dir, serving_signer
-from devstack.oidc import DEFAULT_GROUP, Signer
+from devstack.oidc import Signer
 from devstack.progress import Progress
 from devstack.replay import ReplayCounts, landed_events, landed_keys
 from devstack.sample import default_url
@@ -66,13 +66,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signer, group = None, DEFAULT_GROUP
-    if not args.unsigned:
-        try:
-            signer, group = serving_signer(args.issuer_state)
-        except DevIssuerMissing as exc:
-            print(exc, file=sys.stderr)
-            return 2
+    try:
+        signer, group = serving_signer(args.issuer_state, unsigned=args.unsigned)
+    except DevIssuerMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
     report: dict[str, Any]
     if args.replay_from is not None:
         try:

@@ -135,11 +135,14 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def serving_signer(state_dir: Path) -> tuple[Signer, str]:
-    """The running development issuer's signer and group, for a script that sends signed deliveries.
+def serving_signer(state_dir: Path, *, unsigned: bool = False) -> tuple[Signer | None, str]:
+    """The running development issuer's signer and group, for a script that sends signed deliveries; with
+    ``unsigned``, no signer and the default group (a receiver with auth off).
 
     Raises ``DevIssuerMissing`` (whose message says how to start one) when none is recorded or answering.
     """
+    if unsigned:
+        return None, DEFAULT_GROUP
     state = read_state(state_dir)
     check_serving(state)
     return state.signer(), state.group

@@ -81,13 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unsigned", action="store_true", help="send no token (a receiver with auth off)")
     parser.add_argument("--issuer-state", type=Path, default=default_state_dir(), help="the development issuer's")
     args = parser.parse_args(argv)
-    signer, group = None, DEFAULT_GROUP
-    if not args.unsigned:
-        try:
-            signer, group = serving_signer(args.issuer_state)
-        except DevIssuerMissing as exc:
-            print(exc, file=sys.stderr)
-            return 2
+    try:
+        signer, group = serving_signer(args.issuer_state, unsigned=args.unsigned)
+    except DevIssuerMissing as exc:
+        print(exc, file=sys.stderr)
+        return 2
     refused = 0
     for _ in range(args.count):
         request = delivery(sample_pull(group), signer)
