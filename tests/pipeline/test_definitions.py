@@ -71,8 +71,14 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
         assert load_checks <= checks_of[job]
         assert not set(AUDIT_CHECK_KEYS) & checks_of[job]
     assert set(defs.resolve_job_def(AUDIT_JOB).asset_layer.asset_graph.asset_check_keys) >= set(AUDIT_CHECK_KEYS)
+    # A load recomputes its own day and the summary in its own run (one process start instead of two).
     load = defs.resolve_job_def(LOAD_JOB)
-    assert {n.name for n in load.graph.node_defs} == {"load_landing_objects"}
+    assert {n.name for n in load.graph.node_defs} == {
+        "load_landing_objects",
+        "cloudevents_pull_event_recorder__daily_pulls",
+        "cloudevents_pull_event_recorder__repository_pull_summary",
+    }
+    assert load.partitions_def == defs.resolve_assets_def(DAILY_PULLS_KEY).partitions_def
 
 
 def test_daily_pulls_is_partitioned_by_day_and_the_summary_follows_it(defs: dg.Definitions) -> None:
