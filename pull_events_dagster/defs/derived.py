@@ -66,7 +66,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
     def daily_pulls(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> Iterator[dg.MaterializeResult]:
         """Recompute the run's days from those days' pulls, and the summary's state for them."""
         days = _partition_days(context.partition_time_window)
-        loaded = _days_loaded_in_run(context.instance, context.run_id)
+        loaded = _days_loaded_in_run(context.instance, context.run.run_id)
         if loaded is not None and not loaded & {day.isoformat() for day in days}:
             context.log.info("this run's load brought no pulls dated %s: nothing to recompute", days[0])
             return
