@@ -1,25 +1,32 @@
-"""The pipeline group alone (what the code-location image installs) serves the code location and runs its jobs."""
+"""The pipeline group alone (what the code-location image installs) serves the code location and runs its jobs,
+on a laptop's directory and DuckDB file as on GCS and BigQuery (fake-gcs-server, bqemulator)."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from dagster_duckdb import DuckDBResource
+from google.api_core.retry import Retry
 
-from pull_events.landing import LocalLandingStore
+from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
 from pull_events_dagster.defs import build_definitions
+from pull_events_dagster.warehouse import base
+from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
+from tests.bigquery.conftest import rows as bigquery_rows
 from tests.images.environments import GCS_MODULE, PIPELINE_MODULES, importable
 from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import LandingSpec, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, expected_daily
 from tests.receiver.server import ROOT
-from tests.services import free_port, wait_for_port
+from tests.services import TEST_PROJECT, BigQueryEmulator, FakeGcsServer, free_port, wait_for_port
 
 # Asks a running code server over gRPC, from the pipeline group's python, what the location serves.
 _ASK_CODE_SERVER = """
@@ -103,20 +110,59 @@ def test_the_pipeline_groups_code_server_serves_the_same_definitions_as_the_full
     assert {"load_landing", "rebuild_from_landing"} <= set(served["jobs"])
 
 
-def test_the_pipeline_group_loads_landed_pulls_into_duckdb_and_builds_daily_pulls(
-    pipeline_python: Path, location_env: dict[str, str]
-) -> None:
-    landed = synthetic_landing(
-        LocalLandingStore(Path(location_env["PULL_EVENTS_LANDING"])), LandingSpec(events=60, events_per_object=20)
+@dataclass
+class Location:
+    """Where the code location lands and loads, as its environment names them, and how a test reads both."""
+
+    env: dict[str, str]
+    store: LandingStore
+    daily_pulls: Callable[[], list[tuple]]
+    pull_count: Callable[[], int]
+
+
+_DAILY_COLUMNS = (
+    "day, repository, events, image_pulls, manifest_heads, blob_gets, errors, unique_actors, unique_clients"
+)
+
+
+@pytest.fixture(params=["local", "gcp"])
+def location(request: pytest.FixtureRequest, location_env: dict[str, str]) -> Location:
+    """A local directory and DuckDB file, or a fake-gcs-server bucket and a bqemulator dataset."""
+    if request.param == "local":
+        warehouse = DuckDBWarehouse(DuckDBResource(database=location_env["PULL_EVENTS_WAREHOUSE"]).get_connection)
+        return Location(
+            location_env,
+            LocalLandingStore(Path(location_env["PULL_EVENTS_LANDING"])),
+            lambda: warehouse.query(f"SELECT {_DAILY_COLUMNS} FROM {DAILY} ORDER BY day, repository", {}),
+            lambda: warehouse.query(f"SELECT count(*) FROM {PULLS}", {})[0][0],
+        )
+    fake_gcs: FakeGcsServer = request.getfixturevalue("fake_gcs")
+    bucket: str = request.getfixturevalue("gcs_bucket")
+    emulator: BigQueryEmulator = request.getfixturevalue("bigquery_emulator")
+    dataset = f"pull_events_{uuid.uuid4().hex[:10]}"
+    bigquery_warehouse = BigQueryWarehouse(emulator.client(), dataset, retry=Retry(timeout=20))
+    env = {
+        **location_env,
+        "PULL_EVENTS_LANDING": f"gs://{bucket}/landing",
+        "PULL_EVENTS_WAREHOUSE": f"bigquery://{TEST_PROJECT}/{dataset}",
+        "STORAGE_EMULATOR_HOST": fake_gcs.url,
+        "BIGQUERY_EMULATOR_HOST": emulator.url,
+    }
+    return Location(
+        env,
+        GcsLandingStore(bucket, "landing", client=fake_gcs.client()),
+        lambda: bigquery_rows(bigquery_warehouse, f"SELECT {_DAILY_COLUMNS} FROM {{daily}} ORDER BY day, repository"),
+        lambda: bigquery_warehouse.row_count(base.PULLS),
     )
+
+
+def test_the_pipeline_group_rebuilds_the_warehouse_from_the_landing_zone(
+    pipeline_python: Path, location: Location
+) -> None:
+    landed = synthetic_landing(location.store, LandingSpec(events=60, repositories=3, days=3, events_per_object=20))
     done = subprocess.run(
-        [pipeline_python, "-c", _REBUILD], cwd=ROOT, env=location_env, capture_output=True, text=True, timeout=600
+        [pipeline_python, "-c", _REBUILD], cwd=ROOT, env=location.env, capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    warehouse = DuckDBWarehouse(DuckDBResource(database=location_env["PULL_EVENTS_WAREHOUSE"]).get_connection)
-    assert warehouse.query(f"SELECT count(*) FROM {PULLS}", {}) == [(len(landed.pulls),)]
-    assert warehouse.query(
-        f"""SELECT day, repository, events, image_pulls, manifest_heads, blob_gets, errors, unique_actors,
-            unique_clients FROM {DAILY} ORDER BY day, repository""",
-        {},
-    ) == expected_daily(landed.pulls)
+    assert location.pull_count() == len(landed.pulls) > 0
+    assert location.daily_pulls() == expected_daily(landed.pulls)
