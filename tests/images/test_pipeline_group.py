@@ -76,8 +76,14 @@ def code_server(pipeline_python: Path, location_env: dict[str, str], tmp_path: P
         wait_for_port(port, process, timeout=120)
         yield port
     finally:
+        # SIGTERM, as a container runtime stops the image: Dagster turns it into a clean shutdown.
         process.terminate()
-        process.wait(30)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+            raise
 
 
 def test_the_pipeline_group_holds_dagster_duckdb_bigquery_and_nothing_of_the_receiver_webserver_or_dev(
