@@ -13,6 +13,9 @@ resource "google_cloud_run_v2_service" "receiver" {
   ingress             = "INGRESS_TRAFFIC_ALL"
   deletion_protection = true
 
+  # The first revision's startup probe (/readyz) reads the bucket's metadata: grant that before it starts.
+  depends_on = [google_storage_bucket_iam_member.receiver_landing_writer]
+
   template {
     service_account = google_service_account.receiver.email
     # Every request in flight holds an app thread while it waits for its commit; more would queue in the front.

@@ -115,3 +115,9 @@ def test_the_subscription_delivers_the_receivers_group_to_its_url(config: Terraf
     # The tokens of a subscription's deliveries name its parent group: the receiver must expect that group.
     assert expression(subscription["parent_id"]) == expression(_env(container)["CHAINGUARD_GROUP"])
     assert expression(subscription["sink"]) == "google_cloud_run_v2_service.receiver.uri"
+
+
+def test_the_first_revision_starts_after_the_receivers_bucket_grant(config: TerraformConfig) -> None:
+    # Its startup probe (/readyz) needs storage.buckets.get; without the grant the first deploy never gets ready.
+    service = config.resource("google_cloud_run_v2_service", "receiver")
+    assert service["depends_on"] == ["${google_storage_bucket_iam_member.receiver_landing_writer}"]
