@@ -83,3 +83,9 @@ def test_only_the_receivers_invoker_role_is_public(bound: list[Binding], config:
     assert [(b.role, b.scope) for b in public] == [("roles/run.invoker", "service")]
     for body in config.resources("google_cloud_run_v2_service_iam_member").values():
         assert resource_reference(body["name"]) == ("google_cloud_run_v2_service", "receiver")
+
+
+def test_no_authoritative_iam_resource_replaces_others_access(config: TerraformConfig) -> None:
+    # *_iam_binding / *_iam_policy set a role's (or a resource's) whole member list, removing grants made elsewhere.
+    kinds = {kind for kind, _ in config.resources()}
+    assert {k for k in kinds if k.endswith(("_iam_binding", "_iam_policy"))} == set()
