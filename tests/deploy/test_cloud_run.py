@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from pull_events.settings import LandingLocation, parse_landing
 from tests.deploy.receiver_config import ReceiverDefaults, receiver_defaults
 from tests.deploy.terraform_config import ROOT, TerraformConfig, expression, load, one, resource_reference
 
@@ -121,3 +122,18 @@ def test_the_first_revision_starts_after_the_receivers_bucket_grant(config: Terr
     # Its startup probe (/readyz) needs storage.buckets.get; without the grant the first deploy never gets ready.
     service = config.resource("google_cloud_run_v2_service", "receiver")
     assert service["depends_on"] == ["${google_storage_bucket_iam_member.receiver_landing_writer}"]
+
+
+def test_the_landing_uri_parses_to_the_declared_bucket_and_prefix(config: TerraformConfig, container: dict) -> None:
+    assert expression(_env(container)["PULL_EVENTS_LANDING"]) == "local.landing_uri"
+    [local] = [block["landing_uri"] for parsed in config.files.values() for block in parsed.get("locals", [])]
+    condition, without_prefix, with_prefix = re.fullmatch(r'\$\{(.+) \? "(.+)" : "(.+)"\}', local).groups()
+    assert condition == 'var.landing_prefix == ""'
+
+    def filled(template: str, prefix: str) -> str:
+        return template.replace("${google_storage_bucket.landing.name}", "a-bucket").replace(
+            "${var.landing_prefix}", prefix
+        )
+
+    assert parse_landing(filled(without_prefix, "")) == LandingLocation("gcs", "a-bucket", "")
+    assert parse_landing(filled(with_prefix, "events/prod")) == LandingLocation("gcs", "a-bucket", "events/prod")
