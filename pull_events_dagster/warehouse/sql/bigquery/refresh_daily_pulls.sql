@@ -44,17 +44,20 @@ SELECT day, repository, 'tag', tag, COUNT(*) FROM pe_day_pulls_{{run}} WHERE ima
 GROUP BY day, repository, tag;
 
 -- name: value_delta
--- What the running totals gain and lose: the days' new values minus what the same days held before.
+-- What the running totals gain and lose: the days' new values minus what the same days held before. Filtered
+-- outside the aggregation: in BigQuery a HAVING's image_pulls would name the SELECT list's alias (a SUM of a SUM).
 CREATE TEMP TABLE pe_value_delta_{{run}} AS
-SELECT repository, kind, value, SUM(sign) AS days, SUM(sign * IFNULL(image_pulls, 0)) AS image_pulls
-FROM (
-  SELECT repository, kind, value, image_pulls, 1 AS sign FROM pe_new_values_{{run}}
-  UNION ALL
-  SELECT repository, kind, value, image_pulls, -1 AS sign FROM {{daily_values}}
-  WHERE day BETWEEN v_first_day AND v_last_day AND day IN UNNEST(v_days)
+SELECT * FROM (
+  SELECT repository, kind, value, SUM(sign) AS days, SUM(sign * IFNULL(image_pulls, 0)) AS image_pulls
+  FROM (
+    SELECT repository, kind, value, image_pulls, 1 AS sign FROM pe_new_values_{{run}}
+    UNION ALL
+    SELECT repository, kind, value, image_pulls, -1 AS sign FROM {{daily_values}}
+    WHERE day BETWEEN v_first_day AND v_last_day AND day IN UNNEST(v_days)
+  )
+  GROUP BY repository, kind, value
 )
-GROUP BY repository, kind, value
-HAVING SUM(sign) != 0 OR SUM(sign * IFNULL(image_pulls, 0)) != 0;
+WHERE days != 0 OR image_pulls != 0;
 
 -- name: mark_changed
 -- The repositories whose figures changed, for the summary to recompute: a daily row that differs, or a value

@@ -31,7 +31,8 @@ WITH clock AS (
     IFNULL(ANY_VALUE(top.top_tags), []) AS top_tags
   FROM p LEFT JOIN top USING (repository)
   GROUP BY p.repository
-), current AS (
+), stored AS (
+  -- Not "current": CURRENT is a reserved keyword of GoogleSQL.
   SELECT repository, events, image_pulls, errors, error_rate, unique_actors, unique_clients, first_seen, last_seen,
     image_pulls_last_7d, image_pulls_last_30d, top_tags
   FROM {{summary}}
@@ -39,7 +40,7 @@ WITH clock AS (
   -- BigQuery compares neither whole rows nor arrays: their JSON texts stand for them (DuckDB: r IS DISTINCT FROM c).
   SELECT COALESCE(r.repository, c.repository) AS repository, r.repository IS NOT NULL AS recomputed,
     r.repository IS NULL OR c.repository IS NULL OR TO_JSON_STRING(r) != TO_JSON_STRING(c) AS differs
-  FROM recomputed r FULL JOIN current c ON c.repository = r.repository
+  FROM recomputed r FULL JOIN stored c ON c.repository = r.repository
 )
 SELECT COUNTIF(recomputed) AS compared, COUNTIF(differs) AS differing,
   -- Numbered rather than LIMITed: LIMIT takes a literal or query parameter, not a script variable.
