@@ -113,11 +113,11 @@ def _protos() -> Any:
         sys.path.insert(0, str(CLIENT_DIR))
     import local_service_pb2
     import local_service_pb2_grpc
+    from zetasql.parser import parse_tree_pb2
     from zetasql.proto import function_pb2, simple_catalog_pb2
     from zetasql.proto import options_pb2 as proto_options_pb2
     from zetasql.public import function_pb2 as function_enums_pb2
     from zetasql.public import options_pb2, parse_resume_location_pb2, simple_constant_pb2, simple_table_pb2, type_pb2
-    from zetasql.parser import parse_tree_pb2
     from zetasql.resolved_ast import resolved_ast_pb2, resolved_node_kind_pb2
 
     class Protos:
@@ -332,7 +332,10 @@ class Analyzer:
 
     def _catalog_id(self, state: CatalogState) -> int:
         """A registered catalog of ``state`` (registered once per distinct state; unregistered by close)."""
-        key = (tuple(sorted(state.tables)), tuple(sorted((k, v.SerializeToString()) for k, v in state.constants.items())))
+        key = (
+            tuple(sorted(state.tables)),
+            tuple(sorted((k, v.SerializeToString()) for k, v in state.constants.items())),
+        )
         if key not in self._registered:
             catalog = self.p.catalog.SimpleCatalogProto(
                 name="warehouse",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +24,15 @@ from pull_events.landing import GcsLandingStore, LandedObject, LandingStore, obj
 from pull_events_dagster.warehouse import base, sql
 from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse, table_schema
 from pull_events_dagster.warehouse.schema import TABLES
-from tests.pipeline.factories import PULL_TYPE, RawLine, landed_line, other_event, poison_event, pull_event, write_object
+from tests.pipeline.factories import (
+    PULL_TYPE,
+    RawLine,
+    landed_line,
+    other_event,
+    poison_event,
+    pull_event,
+    write_object,
+)
 from tests.pipeline.test_duckdb_warehouse import facts
 
 T0 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -112,7 +120,9 @@ def _objects(store: LandingStore, *keys: str) -> list[LandedObject]:
 def _as_an_earlier_version_made_it(client: bigquery.Client, warehouse: BigQueryWarehouse) -> None:
     """The pull table as the previous version made it (no ``day``, partitioned on event_time), rows kept. Through
     the raw client: this is the test's doing, not SQL the warehouse sends."""
-    earlier = bigquery.Table(warehouse.table_id("earlier"), schema=[f for f in table_schema(base.PULLS) if f.name != "day"])
+    earlier = bigquery.Table(
+        warehouse.table_id("earlier"), schema=[f for f in table_schema(base.PULLS) if f.name != "day"]
+    )
     earlier.time_partitioning = bigquery.TimePartitioning(type_=bigquery.TimePartitioningType.DAY, field="event_time")
     client.create_table(earlier)
     names = ", ".join(f"`{f.name}`" for f in earlier.schema)
@@ -146,16 +156,15 @@ def exercise(client: bigquery.Client, store: GcsLandingStore, dataset: str) -> C
             T0,
             sequence=1,
         )
-        other = write_object(
-            store, "dev.chainguard.repo.created.v1", [other_event("dev.chainguard.repo.created.v1", "o1", T0, {"n": 1})],
-            T0, sequence=2,
-        )  # fmt: skip
+        created = "dev.chainguard.repo.created.v1"
+        other = write_object(store, created, [other_event(created, "o1", T0, {"n": 1})], T0, sequence=2)
         # A line that names no object (the careful reading), and an object gone before its load (the quarantine).
         key_c = object_key(PULL_TYPE, T0 + timedelta(seconds=3), "hand", 3)
         cut_short = landed_line(pull_event(facts("c2")), key_c, 2, T0, "hand")[:150]
         store.write_new(key_c, f"{landed_line(pull_event(facts('c1')), key_c, 1, T0, 'hand')}\n{cut_short}\n".encode())
-        unreadable = write_object(store, PULL_TYPE, [pull_event(facts("u1")), RawLine('{"id":"x"}\x1f{"id":"y"}')], T0,
-                                  sequence=4)  # fmt: skip
+        # U+001F, the staging load's delimiter: the load job skips the line as a bad record.
+        delimited = RawLine('{"id":"x"}\x1f{"id":"y"}')
+        unreadable = write_object(store, PULL_TYPE, [pull_event(facts("u1")), delimited], T0, sequence=4)
         gone = write_object(store, PULL_TYPE, [pull_event(facts("g1"))], T0, sequence=5)
         batch = _objects(store, good, other, key_c, unreadable, gone)
         store.bucket.blob(store.prefix + gone).delete()

@@ -39,7 +39,9 @@ def captured(bigquery_emulator: BigQueryEmulator, fake_gcs: FakeGcsServer) -> Ca
 
 
 @pytest.fixture(scope="session")
-def analyzer(googlesql_server: GoogleSqlServer, captured: Captured, bigquery_emulator: BigQueryEmulator) -> Iterator[Analyzer]:
+def analyzer(
+    googlesql_server: GoogleSqlServer, captured: Captured, bigquery_emulator: BigQueryEmulator
+) -> Iterator[Analyzer]:
     """The analyzer with a catalog of the warehouse's tables, in its dataset and its rebuild's shadow dataset."""
     project = bigquery_emulator.client().project
     datasets = sorted({name.split(".")[1] for name in captured.created_tables})
