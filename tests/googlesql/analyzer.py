@@ -30,6 +30,7 @@ import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,7 @@ _SIMPLE_TYPES = {
 }
 
 
+@cache
 def _protos() -> Any:
     """The generated client's modules (imported late: they exist only once scripts/setup-googlesql ran)."""
     if not (CLIENT_DIR / "local_service_pb2.py").exists():

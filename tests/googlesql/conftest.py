@@ -12,13 +12,6 @@ from tests.googlesql.capture import Captured, catalog_tables, exercise
 from tests.services import BigQueryEmulator, FakeGcsServer
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test here is a ``googlesql`` test (``pytest -m googlesql``)."""
-    for item in items:
-        if "tests/googlesql/" in str(item.path).replace("\\", "/"):
-            item.add_marker(pytest.mark.googlesql)
-
-
 @pytest.fixture(scope="session")
 def googlesql_server() -> Iterator[GoogleSqlServer]:
     with GoogleSqlServer() as server:

@@ -19,10 +19,13 @@ from __future__ import annotations
 import pytest
 from google.cloud import bigquery
 
+from pull_events_dagster.warehouse import base
 from tests.googlesql.analyzer import AnalysisError, Analyzer, ScriptNotAnalyzed
 from tests.googlesql.capture import Captured, every_section
 
-PULLS = "dev_chainguard_registry_pull_v1"
+PULLS = base.PULLS
+
+pytestmark = pytest.mark.googlesql  # run alone: uv run pytest -m googlesql
 
 
 def test_every_statement_and_script_the_bigquery_warehouse_sends_passes_the_analyzer(

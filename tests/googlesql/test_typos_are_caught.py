@@ -16,6 +16,8 @@ from tests.googlesql.analyzer import AnalysisError, Analyzer
 from tests.googlesql.capture import Captured
 from tests.googlesql.mutants import KINDS, mistyped_parameters, mutate
 
+pytestmark = pytest.mark.googlesql  # run alone: uv run pytest -m googlesql
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_typo_in_any_section_of_the_bigquery_sql_is_refused_naming_the_problem(
