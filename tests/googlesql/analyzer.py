@@ -6,7 +6,7 @@
 (``schema.py``, under the dataset-qualified names the warehouse uses) and analyzes a statement or a whole script.
 
 Language options (``LANGUAGE_FEATURES``): ZetaSQL's ``maximum_features`` enables what BigQuery lacks (array equality,
-nanosecond timestamps, pipes...), so the features are listed one by one instead, each one BigQuery documents and
+nanosecond timestamps, proto maps...), so the features are listed one by one instead, each one BigQuery documents and
 the warehouse's SQL needs; product mode EXTERNAL as BigQuery (no INT32, UINT64, FLOAT, PROTO types). Features not
 listed are off, and SQL needing one is rejected ("... is not supported").
 
@@ -306,7 +306,12 @@ class Analyzer:
         import grpc
 
         self.p = _protos()
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        # A load's resolved script is large: well above gRPC's default 4 MB limit would still be read.
+        limit = 256 * 1024 * 1024
+        self.channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}",
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
         self.stub = self.p.grpc.ZetaSqlLocalServiceStub(self.channel)
         service = self.p.service.DESCRIPTOR.services_by_name["ZetaSqlLocalService"].full_name
         self._raw = {
@@ -439,7 +444,8 @@ class Analyzer:
 
         if kind == "ast_variable_declaration_node":
             type_text = part("type")
-            assert type_text is not None
+            if type_text is None:  # the warehouse always names the type; an inferred one would need a rule here
+                raise ScriptNotAnalyzed("no rule for a DECLARE without a type")
             kind_proto = self._type(type_text, state, parameters)
             default = part("default_value")
             if default is not None:

@@ -55,6 +55,19 @@ def test_every_statement_and_script_the_bigquery_warehouse_sends_passes_the_anal
     }
 
 
+def test_the_exercise_reaches_the_rarer_paths_whose_sql_is_built_in_python(captured: Captured) -> None:
+    # Statements built in bigquery.py have no -- name: to check coverage by: the paths that build them are
+    # pinned here instead (a careful reading, a quarantine, an upgraded table, a rebuild's shadow and relayout).
+    created = sorted(captured.created_tables)
+    assert any(name.endswith("_careful") for name in created)
+    assert any(name.endswith(f"{PULLS}__relayout") for name in created)
+    assert any(f"{base.SHADOW_SUFFIX}.{PULLS}" in name for name in created)
+    texts = [job.text for job in captured.jobs]
+    assert any(f".{base.QUARANTINED}` (landing_object, reason" in text for text in texts)
+    assert any("ADD COLUMN IF NOT EXISTS `day` DATE" in text for text in texts)
+    assert any(text.startswith("BEGIN TRANSACTION;\nDELETE FROM") for text in texts)  # the swap-in
+
+
 def test_every_section_of_every_bigquery_sql_file_is_among_the_statements_analyzed(captured: Captured) -> None:
     # A new -- name: section (or file) the exercise does not reach fails here, rather than go unchecked.
     assert set(captured.sections) == every_section()
