@@ -418,12 +418,18 @@ class Analyzer:
         state = CatalogState(dict(self.tables))
         analyzed: list[Analyzed] = []
         data = script.encode()
-        for text, ast in self.split(script):
+        statements = self.split(script)
+        while True:
+            try:
+                text, ast = next(statements)
+            except StopIteration:
+                return analyzed
+            except AnalysisError as exc:  # the parser's: its [at line:column] counts from the script's start
+                raise type(exc)(f"{exc}\n-- in the script:\n{script.strip()}") from None
             try:
                 analyzed.append(self._statement(text, ast, data, state, declared))
             except AnalysisError as exc:
                 raise type(exc)(f"{exc}\n-- in the statement:\n{text.strip()}") from None
-        return analyzed
 
     def _statement(
         self, text: str, ast: bytes, data: bytes, state: CatalogState, parameters: Mapping[str, Any]
