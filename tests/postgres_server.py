@@ -152,16 +152,17 @@ class PostgresServer:
     def database(self) -> Iterator[str]:
         """A new, empty database, dropped afterwards (with whatever sessions are still on it)."""
         name = f"test_{uuid.uuid4().hex[:12]}"
-        with self._autocommit() as cursor:
+        with self.admin_cursor() as cursor:
             cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         try:
             yield name
         finally:
-            with self._autocommit() as cursor:
+            with self.admin_cursor() as cursor:
                 cursor.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
     @contextmanager
-    def _autocommit(self):
+    def admin_cursor(self) -> Iterator[psycopg2.extensions.cursor]:
+        """A cursor on the postgres database, in autocommit mode."""
         connection = self.connect()
         connection.autocommit = True  # CREATE/DROP DATABASE cannot run inside a transaction
         try:

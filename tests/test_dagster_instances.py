@@ -106,6 +106,16 @@ def test_the_production_instance_names_an_unset_connection_variable(
         dg.DagsterInstance.from_config(str(production_home(tmp_path)))
 
 
+def test_the_production_instance_refuses_a_port_that_is_not_a_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for variable in CONNECTION_ENV.values():
+        monkeypatch.setenv(variable, "x")
+    monkeypatch.setenv("DAGSTER_PG_PORT", "54x")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="DAGSTER_PG_PORT"):
+        dg.DagsterInstance.from_config(str(production_home(tmp_path)))
+
+
 def test_the_production_instance_refuses_a_wrong_password(
     tmp_path: Path, postgres_server: PostgresServer, postgres_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
