@@ -79,6 +79,18 @@ class PostgresServer:
             entry = pwd.getpwnam(self.user)
             for path in (self.root, pwfile):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+        try:
+            self._initdb(data, pwfile)
+            self._start_postgres(data)
+            self._wait_until_ready()
+        except (subprocess.CalledProcessError, RuntimeError, TimeoutError) as exc:
+            output = getattr(exc, "stderr", None) or b""
+            log = self.root / "postgres.log"
+            details = (output + (log.read_bytes() if log.exists() else b""))[-4000:].decode(errors="replace")
+            self.stop()
+            raise RuntimeError(f"{exc}: {details}") from None
+
+    def _initdb(self, data: Path, pwfile: Path) -> None:
         subprocess.run(
             [
                 str(self.bin / "initdb"), "-D", str(data), "-U", SUPERUSER, f"--pwfile={pwfile}",
@@ -86,6 +98,8 @@ class PostgresServer:
             ],
             cwd=self.root, check=True, capture_output=True, **self._run_as(),
         )  # fmt: skip
+
+    def _start_postgres(self, data: Path) -> None:
         self.log = (self.root / "postgres.log").open("wb")
         self.process = subprocess.Popen(
             [
@@ -98,23 +112,18 @@ class PostgresServer:
             ],
             cwd=self.root, stdout=subprocess.DEVNULL, stderr=self.log, start_new_session=True, **self._run_as(),
         )  # fmt: skip
-        try:
-            self._wait_until_ready()
-        except (RuntimeError, TimeoutError) as exc:
-            self.stop()
-            raise RuntimeError(f"{exc}: {(self.root / 'postgres.log').read_text()[-4000:]}") from None
 
     def _wait_until_ready(self, timeout: float = 60.0) -> None:
         """Until a session opens: the port listens while the cluster is still starting up (and refusing sessions)."""
         wait_for_port(self.port, self.process, timeout)
         deadline = time.monotonic() + timeout
         while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}")
             try:
-                self.connect().close()
+                self.connect(connect_timeout=2).close()
                 return
             except psycopg2.OperationalError as exc:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"postgres exited with {self.process.returncode}") from None
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no session on 127.0.0.1:{self.port} after {timeout}s: {exc}") from None
                 time.sleep(0.1)
@@ -129,13 +138,19 @@ class PostgresServer:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self.process = None
-        if getattr(self, "root", None):
+        if getattr(self, "log", None):
             self.log.close()
+        if getattr(self, "root", None):
             shutil.rmtree(self.root, ignore_errors=True)
 
-    def connect(self, dbname: str = "postgres"):
+    def connect(self, dbname: str = "postgres", connect_timeout: int = 10) -> psycopg2.extensions.connection:
         return psycopg2.connect(
-            host=self.host, port=self.port, user=SUPERUSER, password=self.password, dbname=dbname, connect_timeout=10
+            host=self.host,
+            port=self.port,
+            user=SUPERUSER,
+            password=self.password,
+            dbname=dbname,
+            connect_timeout=connect_timeout,
         )
 
     def dagster_env(self, dbname: str) -> dict[str, str]:

@@ -35,3 +35,14 @@ def test_the_cluster_runs_unprivileged_demands_its_password_and_leaves_nothing_w
     assert not root.exists()
     with pytest.raises(ConnectionRefusedError), socket.create_connection((server.host, server.port), timeout=2):
         pass
+
+
+def test_a_cluster_that_cannot_start_says_why_and_leaves_nothing() -> None:
+    server = PostgresServer()
+    with socket.socket() as taken:
+        taken.bind((server.host, server.port))
+        taken.listen()
+        with pytest.raises(RuntimeError, match="could not bind"):
+            server.start()
+    assert server.process is None
+    assert not server.root.exists()
