@@ -182,6 +182,7 @@ def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
         spans = finished_runs(instance)
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
         load_runs = {r.dagster_run.run_id for r in instance.get_run_records(filters=dg.RunsFilter(job_name=LOAD_JOB))}
+        assert len(load_runs) == expected_runs
 
     stop_daemon(daemon)
     warehouse = DuckDBWarehouse(DuckDBResource(database=str(duckdb_path)).get_connection)
