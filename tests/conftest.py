@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.postgres_server import PostgresServer
 from tests.services import BigQueryEmulator, FakeGcsServer
 
 
@@ -29,6 +30,20 @@ def bigquery_emulator(fake_gcs: FakeGcsServer) -> Iterator[BigQueryEmulator]:
     """One bqemulator for the session, reading gs:// URIs from the fake GCS server's files."""
     with BigQueryEmulator(fake_gcs.root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL cluster for the session; tests isolate themselves with their own database."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres_server: PostgresServer) -> Iterator[str]:
+    """A new, empty database on the test cluster, dropped after the test."""
+    with postgres_server.database() as name:
+        yield name
 
 
 @pytest.fixture

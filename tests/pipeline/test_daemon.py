@@ -1,7 +1,8 @@
 """With the real Dagster daemon running on dagster.yaml and workspace.yaml, landed events reach both
 derived tables with no manual step: sensors start by themselves, load runs queue through the warehouse
-pool, and the automation sensor refreshes the derived tables after the load. A daemon stopped for longer than
-the lateness window, while objects keep landing, loads every one of them once it is back."""
+pool, and the automation sensor refreshes the derived tables after the load; on the production instance
+(deploy/dagster/dagster.yaml) too, with runs and events in a real PostgreSQL server. A daemon stopped for longer
+than the lateness window, while objects keep landing, loads every one of them once it is back."""
 
 from __future__ import annotations
 
@@ -28,9 +29,12 @@ from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 from tests.pipeline.conftest import rows
 from tests.pipeline.factories import LandingSpec, SyntheticLanding, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, SUMMARY, expected_daily
+from tests.postgres_server import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
-DEADLINE_SECONDS = 150
+# How long a test waits for the daemon before it fails (a guard against a hang, not a measurement): generous,
+# because every run is a new Python process that imports Dagster, slow on two busy cores.
+DEADLINE_SECONDS = 240
 DERIVED = (DAILY_PULLS_KEY, SUMMARY_KEY)
 LEDGER = f"{base.DATASET}.{base.LOADED_OBJECTS}"
 LIVE_STATUSES = [
@@ -42,12 +46,23 @@ LIVE_STATUSES = [
 ]
 
 
+INSTANCES = {"sqlite": ROOT / "dagster.yaml", "postgres": ROOT / "deploy/dagster/dagster.yaml"}
+
+
 @pytest.fixture
-def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Path:
+    """$DAGSTER_HOME with the local stack's instance (SQLite), or with the production one (PostgreSQL) when a test
+    parametrizes this fixture with "postgres": then on a new database of the test server, whose connection the
+    daemon reads from the environment as production does."""
+    storage = getattr(request, "param", "sqlite")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(INSTANCES[storage], home / "dagster.yaml")
     monkeypatch.setenv("DAGSTER_HOME", str(home))  # dagster.yaml keeps the instance's files there
+    if storage == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        for variable, value in server.dagster_env(request.getfixturevalue("postgres_database")).items():
+            monkeypatch.setenv(variable, value)
     # Create the instance's SQLite stores now: the daemon, its code server and the test opening them all at once
     # for the first time can each stamp a schema version, which leaves them unopenable ("more than one head").
     with dg.DagsterInstance.from_config(str(home)):
@@ -78,15 +93,25 @@ def start_daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path, **kno
 
 
 def stop_daemon(process: subprocess.Popen) -> None:
-    """SIGTERM to the daemon's process group (SIGKILL if it lingers), and wait for it."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
+    """SIGTERM to the daemon's process group, and wait for the whole group (SIGKILL if some of it lingers)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+    # Its code server and run workers can outlive it by a moment: waiting for the group means none of them is
+    # still talking to a test server (PostgreSQL) that a later fixture stops. poll() reaps the daemon itself.
+    deadline = time.monotonic() + 30
+    while (process.poll() is None or group_alive(process.pid)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if group_alive(process.pid):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    process.wait()
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -124,8 +149,15 @@ def settled(instance: dg.DagsterInstance, expected_load_runs: int) -> bool:
     return loaded is not None and all(d is not None and d.timestamp > loaded.timestamp for d in derived)
 
 
+def finished_runs(instance: dg.DagsterInstance) -> list[tuple[float, float]]:
+    """(start, end) of every run that has ended, in start order."""
+    return sorted((r.start_time, r.end_time) for r in instance.get_run_records() if r.end_time)
+
+
+@pytest.mark.parametrize("dagster_home", ["sqlite", "postgres"], indirect=True)
+@pytest.mark.timeout(DEADLINE_SECONDS + 120)
 def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
-    daemon: subprocess.Popen, dagster_home: Path, landing_dir: Path, duckdb_path: Path
+    daemon: subprocess.Popen, dagster_home: Path, landing_dir: Path, duckdb_path: Path, request: pytest.FixtureRequest
 ) -> None:
     spec = LandingSpec(
         events=300,
@@ -140,18 +172,19 @@ def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
     expected_runs = -(-len(landed.keys) // 4)  # at most 4 objects per run
     with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         deadline = time.monotonic() + DEADLINE_SECONDS
-        while not settled(instance, expected_runs):
+        # Settled, and the refresh runs ended too: a run's materializations are recorded before its end.
+        while not (settled(instance, expected_runs) and len(finished_runs(instance)) >= expected_runs + 1):
             assert daemon.poll() is None, (dagster_home / "daemon.log").read_text()[-3000:]
             assert time.monotonic() < deadline, f"not settled within {DEADLINE_SECONDS}s: {progress(instance)}"
             time.sleep(2)
         # The warehouse pool let one run at a time touch the DuckDB file.
         # (A reconciliation pass the schedule started meanwhile may still be running: finished runs only.)
-        spans = sorted((r.start_time, r.end_time) for r in instance.get_run_records() if r.end_time)
-        assert len(spans) >= expected_runs + 1
+        spans = finished_runs(instance)
         assert all(later[0] >= earlier[1] for earlier, later in itertools.pairwise(spans))
+        load_runs = {r.dagster_run.run_id for r in instance.get_run_records(filters=dg.RunsFilter(job_name=LOAD_JOB))}
+        assert len(load_runs) == expected_runs
 
-    os.killpg(daemon.pid, signal.SIGTERM)
-    daemon.wait(timeout=30)
+    stop_daemon(daemon)
     warehouse = DuckDBWarehouse(DuckDBResource(database=str(duckdb_path)).get_connection)
     assert rows(warehouse, f"SELECT count(*) FROM {PULLS}") == [(landed.pull_count,)]
     assert rows(
@@ -160,6 +193,33 @@ def test_landed_events_reach_both_derived_tables_with_the_daemon_running(
             unique_clients FROM {DAILY} ORDER BY day, repository""",
     ) == expected_daily(landed.pulls)
     assert rows(warehouse, f"SELECT count(*), sum(events) FROM {SUMMARY}") == [(3, landed.pull_count)]
+    if request.node.callspec.params["dagster_home"] == "postgres":
+        assert_kept_in_postgres(request, dagster_home, load_runs)
+
+
+def assert_kept_in_postgres(request: pytest.FixtureRequest, dagster_home: Path, load_runs: set[str]) -> None:
+    """The runs and their events are rows of the test database, and no SQLite store was made under $DAGSTER_HOME."""
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    connection = server.connect(request.getfixturevalue("postgres_database"))
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT run_id, status FROM runs WHERE pipeline_name = %s", (LOAD_JOB,))
+            assert sorted(cursor.fetchall()) == sorted((run_id, "SUCCESS") for run_id in load_runs)
+            # Each load run materialized the pull table once.
+            cursor.execute(
+                """SELECT e.run_id, count(*) FROM event_logs e JOIN runs r ON r.run_id = e.run_id
+                WHERE r.pipeline_name = %s AND e.dagster_event_type = %s AND e.asset_key = %s GROUP BY e.run_id""",
+                (LOAD_JOB, dg.DagsterEventType.ASSET_MATERIALIZATION.value, PULLS_KEY.to_string()),
+            )
+            assert sorted(cursor.fetchall()) == sorted((run_id, 1) for run_id in load_runs)
+            cursor.execute(
+                "SELECT DISTINCT asset_key FROM event_logs WHERE dagster_event_type = %s AND asset_key = ANY(%s)",
+                (dg.DagsterEventType.ASSET_MATERIALIZATION.value, [key.to_string() for key in DERIVED]),
+            )
+            assert sorted(key for (key,) in cursor.fetchall()) == sorted(key.to_string() for key in DERIVED)
+    finally:
+        connection.close()
+    assert not list(dagster_home.rglob("*.db"))
 
 
 LATENESS_SECONDS = 2
