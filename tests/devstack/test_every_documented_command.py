@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
 from devstack.oidc import DEFAULT_GROUP, OidcIssuer
 from pull_events.landing import LocalLandingStore
-from tests.devstack.documented import ShellCommand, documented, documented_commands
+from tests.devstack.documented import ShellCommand, commands_in, documented, documented_commands
 from tests.receiver.deliveries import landed_records
 from tests.receiver.server import ROOT
 from tests.services import free_port
@@ -113,7 +115,8 @@ def _test_function(module: str, name: str) -> tuple[ast.Module, ast.FunctionDef 
 
 
 def _strings_used(tree: ast.Module, function: ast.FunctionDef) -> set[str]:
-    """The string literals in ``function``, and the module-level string constants it names."""
+    """The string literals in ``function`` and in the module's functions it calls, and the module-level string
+    constants they name."""
     constants = {
         target.id: node.value.value
         for node in tree.body
@@ -121,14 +124,20 @@ def _strings_used(tree: ast.Module, function: ast.FunctionDef) -> set[str]:
         for target in node.targets
         if isinstance(target, ast.Name)
     }
-    used = set()
-    for node in ast.walk(function):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            used.add(node.value)
-        elif isinstance(node, ast.Name) and node.id in constants:
-            used.add(constants[node.id])
-        elif isinstance(node, ast.Name) and node.id == "documented_queries":
-            used.add("documented_queries")
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    used: set[str] = set()
+    pending, seen = [function], {function.name}
+    while pending:
+        for node in ast.walk(pending.pop()):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                used.add(node.value)
+            elif isinstance(node, ast.Name) and node.id in constants:
+                used.add(constants[node.id])
+            elif isinstance(node, ast.Name) and node.id == "documented_queries":
+                used.add("documented_queries")
+            elif isinstance(node, ast.Name) and node.id in functions and node.id not in seen:
+                seen.add(node.id)
+                pending.append(functions[node.id])
     return used
 
 
@@ -280,3 +289,39 @@ def test_the_documented_flask_command_serves_the_receiver(
         assert send_sample(url, issuer_state) == ["202"]
     records = landed_records(LocalLandingStore(tmp_path / "landing"))
     assert [record["type"] for record in records] == ["dev.chainguard.registry.pull.v1"]
+
+
+def test_commands_are_split_as_the_shell_reads_them() -> None:
+    block = (
+        'scripts/query "\n  SELECT 1 # inside quotes: not a comment\n  FROM t"   # a comment\n'
+        "echo a \\\n  b\n# a comment line\n\nchainctl x '#y' z#w  # c\n"
+    )
+    commands = commands_in(block, console=False, document="d.md", first_line=10)
+    assert [(command.line, command.text) for command in commands] == [
+        (10, 'scripts/query "\n  SELECT 1 # inside quotes: not a comment\n  FROM t"'),
+        (13, "echo a \\\n  b"),
+        (17, "chainctl x '#y' z#w"),
+    ]
+    assert commands[0].key == 'scripts/query " SELECT 1 # inside quotes: not a comment FROM t"'
+
+
+def test_a_console_block_gives_the_lines_after_its_prompts() -> None:
+    block = "$ scripts/query 'SELECT 1'\n┌───┐\n│ 1 │\n$ echo done  # and a comment\ndone\n"
+    assert [command.text for command in commands_in(block, console=True, document="d.md", first_line=1)] == [
+        "scripts/query 'SELECT 1'",
+        "echo done",
+    ]
+
+
+def test_a_command_left_open_fails_the_inventory() -> None:
+    with pytest.raises(AssertionError, match=r"d\.md:3: a command is never closed"):
+        commands_in('echo ok\n\nscripts/query "SELECT\n', console=False, document="d.md", first_line=1)
+
+
+def test_the_readme_names_the_uv_installer_the_scripts_run() -> None:
+    # Inline in the Prerequisites (it cannot run here: no internet), so its version is checked against _uv.sh's.
+    [pinned] = re.findall(r"^UV_VERSION=(\S+)$", (ROOT / "scripts/_uv.sh").read_text(), re.MULTILINE)
+    readme = (ROOT / "README.md").read_text()
+    [named] = re.findall(r"`curl -LsSf https://astral\.sh/uv/(\S+)/install\.sh \| sh`", readme)
+    assert named == pinned
+    assert "https://astral.sh/uv/$UV_VERSION/install.sh" in (ROOT / "scripts/_uv.sh").read_text()
