@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -207,7 +207,8 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         max_load_lag_seconds=_int(env, "PULL_EVENTS_MAX_LOAD_LAG_S", 900, minimum=1),
         reconcile_days=_int(env, "PULL_EVENTS_RECONCILE_DAYS", 7, minimum=1),
         future_tolerance_seconds=_int(env, "PULL_EVENTS_FUTURE_TOLERANCE_S", 3600, minimum=0),
-        first_day=_date(env, "PULL_EVENTS_FIRST_DAY", DEFAULT_FIRST_DAY),
+        # A later first day would leave daily_pulls without a partition for a load to recompute.
+        first_day=_date(env, "PULL_EVENTS_FIRST_DAY", DEFAULT_FIRST_DAY, latest=datetime.now(UTC).date()),
         audit_cron=_cron(env, "PULL_EVENTS_AUDIT_CRON", "17 3 * * *"),
     )
     return Settings(
@@ -253,14 +254,17 @@ def _project_path(value: str) -> Path:
     return path if path.is_absolute() else (Path.cwd() / path).resolve()
 
 
-def _date(env: Mapping[str, str], name: str, default: date) -> date:
+def _date(env: Mapping[str, str], name: str, default: date, latest: date) -> date:
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        return date.fromisoformat(raw)
+        value = date.fromisoformat(raw)
     except ValueError:
         raise SettingsError(name, f"{raw!r} is not a date (YYYY-MM-DD)") from None
+    if value > latest:
+        raise SettingsError(name, f"{raw!r} is after today ({latest.isoformat()}, UTC)")
+    return value
 
 
 def _cron(env: Mapping[str, str], name: str, default: str) -> str:

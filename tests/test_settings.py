@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,8 @@ def test_receiver_requires_the_group_while_auth_is_on_but_the_pipeline_does_not(
         ("PULL_EVENTS_BATCH_MAX_WAIT_MS", "-1"),
         ("PULL_EVENTS_MAX_REJECTED_RATE", "1.5"),
         ("PULL_EVENTS_MAX_RAW_EVENT_RATE", "-0.1"),
+        ("PULL_EVENTS_FIRST_DAY", "2024-13-01"),
+        ("PULL_EVENTS_FIRST_DAY", (datetime.now(UTC).date() + timedelta(days=2)).isoformat()),  # no partition yet
     ],
 )
 def test_invalid_setting_is_refused_naming_the_variable(variable: str, value: str) -> None:

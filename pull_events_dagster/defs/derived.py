@@ -1,9 +1,11 @@
 """The derived tables: ``daily_pulls``, one Dagster partition per UTC day, and the repository summary built from it.
 
 A load reports the days its new pulls are dated on (``days_affected`` on the pull table's materialization,
-late events included). ``daily_pulls_sensor`` turns those into runs of exactly those day partitions, with the
-summary in the same run; each run recomputes its days from those days' rows of the pull table (delete, then
-insert: idempotent) and the summary only for the repositories whose figures changed. A user backfills any
+late events included), and its own run recomputes one of them, its objects' day (``jobs.py``), with the summary
+after it. Once that run has finished, ``daily_pulls_sensor`` turns the days it left (late events, a day whose step
+failed) into runs of exactly those day partitions, with the summary in the same run. Each run recomputes its days
+from those days' rows of the pull table (delete, then insert: idempotent) and the summary only for the
+repositories whose figures changed. A user backfills any
 range of days from the UI in a single run; the summary follows those backfills by its automation condition.
 Nothing here reads the whole pull table: that is the scheduled audit's job (``checks.py``).
 """
@@ -57,11 +59,17 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=LOAD_RETRY_POLICY,
         pool=WAREHOUSE_POOL,
+        # A load run whose pulls are all dated on other days has nothing to recompute here (nor the summary after).
+        output_required=False,
         **describe(base.DAILY_PULLS, warehouse_kind),
     )
-    def daily_pulls(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+    def daily_pulls(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> Iterator[dg.MaterializeResult]:
         """Recompute the run's days from those days' pulls, and the summary's state for them."""
         days = _partition_days(context.partition_time_window)
+        loaded = _days_loaded_in_run(context.instance, context.run.run_id)
+        if loaded is not None and not loaded & {day.isoformat() for day in days}:
+            context.log.info("this run's load brought no pulls dated %s: nothing to recompute", days[0])
+            return
         with warehouse.open() as wh:
             result = wh.refresh_daily_pulls(days)
             metadata = table_metadata(wh, base.DAILY_PULLS)
@@ -77,7 +85,7 @@ def build_derived_assets(settings: Settings, warehouse_kind: str) -> list[dg.Ass
         )
         if len(days) == 1:  # one partition: its own row count (a range's counts are in rows_per_day)
             metadata |= dict(TableMetadataSet(partition_row_count=result.rows_per_day[days[0]]))
-        return dg.MaterializeResult(
+        yield dg.MaterializeResult(
             metadata={
                 **metadata,
                 "rows_per_day": dg.MetadataValue.json({day.isoformat(): n for day, n in result.rows_per_day.items()}),
@@ -140,22 +148,43 @@ def _partition_days(window: dg.TimeWindow) -> list[date]:
     return [first + timedelta(days=offset) for offset in range((end - first).days)]
 
 
+@dataclass(frozen=True)
+class LoadDays:
+    """The days one pull-table materialization touched, and where it is: its run, and its storage id."""
+
+    run_id: str
+    storage_id: int
+    days: list[str]
+
+    def dump(self) -> dict[str, object]:
+        return {"run_id": self.run_id, "storage_id": self.storage_id, "days": self.days}
+
+
 @dataclass
 class DaysCursor:
-    """The daily sensor's memory: the last pull-table materialization read, and days not yet partitions."""
+    """The daily sensor's memory: the last pull-table materialization read, the loads read whose runs had not
+    finished (their own run may still recompute their days), and days not yet partitions."""
 
     after_storage_id: int | None = None
     deferred: list[str] = field(default_factory=list)  # days later than the newest partition (a pull near midnight)
+    waiting: list[LoadDays] = field(default_factory=list)  # at most one per load run in flight
 
     @classmethod
     def parse(cls, text: str | None) -> "DaysCursor":
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(data.get("after_storage_id"), list(data.get("deferred", [])))
+        waiting = [LoadDays(w["run_id"], int(w["storage_id"]), list(w["days"])) for w in data.get("waiting", [])]
+        return cls(data.get("after_storage_id"), list(data.get("deferred", [])), waiting)
 
     def dump(self) -> str:
-        return json.dumps({"after_storage_id": self.after_storage_id, "deferred": sorted(self.deferred)})
+        return json.dumps(
+            {
+                "after_storage_id": self.after_storage_id,
+                "deferred": sorted(self.deferred),
+                "waiting": [load.dump() for load in self.waiting],
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -177,7 +206,7 @@ def plan_days(
     later = [day for day in wanted if day not in known and (not partition_keys or day > partition_keys[-1])]
     early = [day for day in wanted if day not in known and day not in later]
     return DaysPlan(
-        cursor=DaysCursor(cursor.after_storage_id, later),
+        cursor=DaysCursor(cursor.after_storage_id, later, cursor.waiting),
         ranges=_contiguous(ready),
         before_first_day=early,
     )
@@ -225,9 +254,12 @@ def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:
             limit=MATERIALIZATIONS_PER_TICK,
             ascending=True,
         ).records
-        days = [day for record in records for day in _days_affected(record)]
+        loads = [*cursor.waiting, *_loads(records)]
         if records:
             cursor.after_storage_id = records[-1].storage_id
+        finished = _finished_runs(context.instance, {load.run_id for load in loads})
+        cursor.waiting = [load for load in loads if load.run_id not in finished]
+        days = _days_left(context.instance, [load for load in loads if load.run_id in finished])
         now = datetime.now(UTC)  # the partitions are UTC days
         plan = plan_days(days, cursor.deferred, partitions.get_partition_keys(current_time=now), cursor)
         for day in plan.before_first_day:
@@ -238,10 +270,11 @@ def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:
             )
         requests = [days_run_request(first, last, cursor.after_storage_id) for first, last in plan.ranges]
         context.log.info(
-            "%d pull-table materializations read; recomputing %s; waiting for %s",
+            "%d pull-table materializations read; recomputing %s; waiting for %s and for %d load runs to finish",
             len(records),
             ", ".join(f"{first}..{last}" for first, last in plan.ranges) or "no days",
             ", ".join(plan.cursor.deferred) or "no days",
+            len(plan.cursor.waiting),
         )
         return dg.SensorResult(
             run_requests=requests,
@@ -250,6 +283,51 @@ def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:
         )
 
     return daily_pulls_sensor
+
+
+def _days_loaded_in_run(instance: dg.DagsterInstance, run_id: str) -> set[str] | None:
+    """The days the pulls loaded by this very run are dated on; None when the run loaded nothing (a run of the
+    daily sensor, a backfill, or a retry of a load run whose load had succeeded: all of which recompute their days)."""
+    records = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION).records
+    loads = [record for record in records if record.asset_key == PULLS_KEY]
+    if not loads:
+        return None
+    return {day for record in loads for day in _days_affected(record)}
+
+
+def _loads(records: Iterable[dg.EventLogRecord]) -> Iterator[LoadDays]:
+    for record in records:
+        days = list(_days_affected(record))
+        if days:
+            yield LoadDays(record.run_id, record.storage_id, days)
+
+
+def _finished_runs(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
+    """Which of the runs have finished: their own steps will not recompute a day any more. A run the instance no
+    longer has (deleted) counts as finished."""
+    if not run_ids:
+        return set()
+    records = instance.get_run_records(dg.RunsFilter(run_ids=sorted(run_ids)))
+    live = {record.dagster_run.run_id for record in records if not record.dagster_run.is_finished}
+    return run_ids - live
+
+
+def _days_left(instance: dg.DagsterInstance, loads: Sequence[LoadDays]) -> list[str]:
+    """The days of finished loads that no run has recomputed since: a day partition of daily_pulls materialized
+    after the load's materialization read the load's rows (a load commits before it reports, and the warehouse pool
+    keeps runs from overlapping), whichever run did it."""
+    newest_load: dict[str, int] = {}
+    for load in loads:
+        for day in load.days:
+            newest_load[day] = max(newest_load.get(day, 0), load.storage_id)
+    return [
+        day
+        for day, storage_id in sorted(newest_load.items())
+        if not instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=DAILY_PULLS_KEY, asset_partitions=[day], after_storage_id=storage_id),
+            limit=1,
+        ).records
+    ]
 
 
 def _days_affected(record: dg.EventLogRecord) -> Iterator[str]:

@@ -1,4 +1,10 @@
-"""Jobs: the load the sensor requests, the reconciliation pass, and the one-step rebuild from the landing zone."""
+"""Jobs: the load the sensor requests, the reconciliation pass, and the one-step rebuild from the landing zone.
+
+A load run also recomputes one day partition of ``daily_pulls`` (its objects' day, where nearly every pull it
+loads is dated) and then the summary, in the same process: a second run for them would start another Python process
+and wait for the warehouse pool behind the next load, which made the derived tables trail the pull table by a whole
+run. Days a load touched besides its run's partition (late events) are left to ``daily_pulls_sensor``.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from pull_events_dagster.defs.assets import LOADED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.assets import DERIVED_KEYS, LOADED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
 from pull_events_dagster.defs.checks import AUDITS
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB
 
@@ -22,12 +28,14 @@ _LOADED = dg.AssetSelection.assets(*LOADED_KEYS) - AUDITS
 
 
 def build_load_job() -> UnresolvedAssetJobDefinition:
-    """Loads the landing objects named in its config (the sensor fills it in), then runs the checks."""
+    """Loads the landing objects named in its config (the sensor fills it in) and runs the checks, then recomputes
+    the run's day partition of ``daily_pulls`` and the summary."""
     return dg.define_asset_job(
         LOAD_JOB,
-        selection=_LOADED - _LOAD_LAG_CHECK,
+        selection=(_LOADED - _LOAD_LAG_CHECK) | dg.AssetSelection.assets(*DERIVED_KEYS).without_checks(),
         tags=WAREHOUSE_RUN_TAGS,
-        description="Load the landing objects named in the run config into the pull, events and rejected tables.",
+        description="Load the landing objects named in the run config into the pull, events and rejected tables, "
+        "then recompute the run's day of daily_pulls and the summary rows of the repositories that changed.",
     )
 
 

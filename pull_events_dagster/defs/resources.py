@@ -2,12 +2,13 @@
 
 Each is one abstract resource with a local and a cloud implementation; ``build_resources`` picks them from
 the shared settings (``PULL_EVENTS_LANDING``, ``PULL_EVENTS_WAREHOUSE``), so the same definitions serve
-a laptop (directory + DuckDB file) and GCP (bucket + BigQuery dataset).
+a laptop (directory + DuckDB file) and GCP (bucket + BigQuery dataset). The cloud ones live in
+``cloud_resources`` and are imported only when the settings name them: dagster-gcp and the BigQuery client take
+longer to import than Dagster itself, and every run of the embedded default starts a new process that would pay it.
 """
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from dagster_gcp import BigQueryResource, GCSResource
 from pydantic import Field
 
-from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
+from pull_events.landing import LandingStore, LocalLandingStore
 from pull_events.settings import DEFAULT_MAX_LINE_BYTES, Settings
-from pull_events_dagster.warehouse.base import DATASET, FUTURE_TOLERANCE, Warehouse
+from pull_events_dagster.warehouse.base import FUTURE_TOLERANCE, Warehouse
 from pull_events_dagster.warehouse.duckdb import DuckDBWarehouse
 
 
@@ -47,20 +47,6 @@ class LocalLandingResource(LandingResource):
 
     def describe(self) -> str:
         return self.path
-
-
-class GcsLandingResource(LandingResource):
-    """A GCS bucket (and prefix), read through dagster-gcp's GCS client."""
-
-    bucket: str
-    prefix: str = ""
-    gcs: GCSResource
-
-    def store(self) -> LandingStore:
-        return GcsLandingStore(self.bucket, self.prefix, client=self.gcs.get_client())
-
-    def describe(self) -> str:
-        return f"gs://{self.bucket}/{self.prefix}".rstrip("/")
 
 
 class WarehouseResource(dg.ConfigurableResource, ABC):
@@ -127,47 +113,13 @@ class DuckDBWarehouseResource(WarehouseResource):
         return "duckdb"
 
 
-class BigQueryWarehouseResource(WarehouseResource):
-    """A BigQuery dataset, through dagster-gcp's BigQueryResource."""
-
-    bigquery: BigQueryResource
-    dataset: str = DATASET
-
-    @contextmanager
-    def open(self) -> Iterator[Warehouse]:
-        from pull_events_dagster.warehouse.bigquery import BigQueryWarehouse
-
-        emulator = os.environ.get("BIGQUERY_EMULATOR_HOST")
-        if emulator:
-            # google-cloud-bigquery follows BIGQUERY_EMULATOR_HOST but still asks for credentials, which an
-            # emulator neither has nor checks (google-cloud-storage goes anonymous by itself in this case).
-            from google.api_core.client_options import ClientOptions
-            from google.auth.credentials import AnonymousCredentials
-            from google.cloud import bigquery
-
-            client = bigquery.Client(
-                project=self.bigquery.project,
-                location=self.bigquery.location,
-                credentials=AnonymousCredentials(),
-                client_options=ClientOptions(api_endpoint=emulator),
-            )
-            try:
-                yield BigQueryWarehouse(client, self.dataset, self.bigquery.location, **self.options())  # type: ignore[arg-type]
-            finally:
-                client.close()
-            return
-        with self.bigquery.get_client() as client:
-            yield BigQueryWarehouse(client, self.dataset, self.bigquery.location, **self.options())  # type: ignore[arg-type]
-
-    def kind(self) -> str:
-        return "bigquery"
-
-
 def landing_resource(settings: Settings) -> LandingResource:
     """The landing resource ``PULL_EVENTS_LANDING`` names."""
     location = settings.landing
     if location.kind == "gcs":
-        return GcsLandingResource(bucket=location.bucket, prefix=location.prefix, gcs=GCSResource())
+        from pull_events_dagster.defs.cloud_resources import gcs_landing_resource
+
+        return gcs_landing_resource(location.bucket, location.prefix)
     return LocalLandingResource(path=str(location.path))
 
 
@@ -179,9 +131,9 @@ def warehouse_resource(settings: Settings) -> WarehouseResource:
         "max_line_bytes": settings.pipeline.max_line_bytes,
     }
     if location.kind == "bigquery":
-        return BigQueryWarehouseResource(
-            bigquery=BigQueryResource(project=location.project), dataset=location.dataset, **shared
-        )
+        from pull_events_dagster.defs.cloud_resources import bigquery_warehouse_resource
+
+        return bigquery_warehouse_resource(location.project, location.dataset, **shared)
     return DuckDBWarehouseResource(duckdb=DuckDBResource(database=str(location.path)), **shared)
 
 

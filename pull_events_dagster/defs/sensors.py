@@ -61,6 +61,7 @@ import dagster as dg
 from pull_events.landing import LandedObject, LandingStore, key_committed_at, listing_start
 from pull_events.settings import Settings
 from pull_events_dagster.defs.assets import DERIVED_KEYS, LOADER, WAREHOUSE_RUN_TAGS
+from pull_events_dagster.defs.partitions import DAY_FORMAT, daily_partitions
 from pull_events_dagster.defs.resources import LandingResource
 from pull_events_dagster.defs.retries import LOAD_RUN_RETRY_TAGS
 
@@ -150,10 +151,12 @@ class Batch:
         digest = hashlib.sha256("\n".join(sorted(self.keys)).encode()).hexdigest()[:20]
         return f"{self.slot}/{digest}"
 
-    def run_request(self) -> dg.RunRequest:
+    def run_request(self, partition_key: str) -> dg.RunRequest:
+        """The load run of these objects, recomputing the day partition ``partition_key`` of daily_pulls after."""
         objects = [{"key": o.key, "size": o.size} for o in self.objects]
         return dg.RunRequest(
             run_key=self.run_key,
+            partition_key=partition_key,
             run_config={"ops": {LOADER: {"config": {"objects": objects}}}},
             tags={
                 **WAREHOUSE_RUN_TAGS,
@@ -239,6 +242,14 @@ def plan_tick(
         already_requested=len(listing.objects) - len(new),
         left_behind=len(new) - taken,
     )
+
+
+def load_partition(batch: Batch, partition_keys: Sequence[str], now: datetime) -> str:
+    """The day partition a load run recomputes: the UTC day of its newest object's key time (when the receiver landed
+    it, seconds after the pulls it holds), today for untimed objects, within the partitions that exist."""
+    times = [moment for moment in map(key_time, batch.keys) if moment is not None]
+    day = max(times, default=now).astimezone(UTC).strftime(DAY_FORMAT)
+    return min(max(day, partition_keys[0]), partition_keys[-1])
 
 
 def _listing_since(cursor: LandingCursor | None, now: datetime, lateness: timedelta) -> datetime:
@@ -365,6 +376,7 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
     """The sensor that turns new landing objects into load runs."""
     lateness = timedelta(seconds=settings.pipeline.lateness_seconds)
     max_objects = settings.pipeline.max_objects_per_run
+    partitions = daily_partitions(settings)
 
     @dg.sensor(
         name=LANDING_SENSOR,
@@ -380,19 +392,21 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
     def landing_objects_sensor(context: dg.SensorEvaluationContext, landing: LandingResource) -> dg.SensorResult:
         last_tick = context.last_tick_completion_time
         cursor = LandingCursor.parse(context.cursor, datetime.fromtimestamp(last_tick, UTC) if last_tick else None)
+        now = datetime.now(UTC)
         plan = plan_tick(
             cursor,
             landing.store(),
             lambda slots: requested_in_slots(context.instance, slots),
             live_runs(context.instance, job_name),
-            datetime.now(UTC),
+            now,
             lateness,
             max_objects,
         )
         context.log.info(plan.summary())
         skip = "no new landing objects" if plan.listed_from else "load runs queued or running at the limit"
+        days = partitions.get_partition_keys(current_time=now)
         return dg.SensorResult(
-            run_requests=[batch.run_request() for batch in plan.batches],
+            run_requests=[batch.run_request(load_partition(batch, days, now)) for batch in plan.batches],
             cursor=plan.cursor.dump() if plan.cursor else None,
             skip_reason=None if plan.batches else dg.SkipReason(skip),
         )

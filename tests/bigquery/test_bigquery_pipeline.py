@@ -70,7 +70,10 @@ def test_sensor_runs_load_gcs_objects_into_bigquery_and_the_derived_tables_follo
     with dg.build_sensor_context(instance=instance, definitions=defs, resources=defs.resources) as context:
         requests = list(defs.resolve_sensor_def(LANDING_SENSOR)(context).run_requests or [])
     job = defs.resolve_job_def(LOAD_JOB)
-    runs = [job.execute_in_process(run_config=r.run_config, tags=r.tags, instance=instance) for r in requests]
+    runs = [
+        job.execute_in_process(run_config=r.run_config, tags=r.tags, partition_key=r.partition_key, instance=instance)
+        for r in requests
+    ]
     # The daily sensor asks for the days the loads touched (four consecutive days: one run), the summary after them.
     day_requests, derived_runs, _ = derive(defs, instance, None)
 

@@ -4,7 +4,7 @@ as written, for the tests that run them or check their form."""
 from __future__ import annotations
 
 import re
-import shlex
+import subprocess
 from dataclasses import dataclass
 
 from tests.receiver.server import ROOT
@@ -53,14 +53,11 @@ def without_comments(text: str) -> str:
 
 
 def _complete(text: str) -> bool:
-    """Whether ``text`` is a whole command: no quote left open, no trailing backslash."""
+    """Whether ``text`` is a whole command as bash reads it: no quote, loop or group left open, no trailing
+    backslash."""
     if text.endswith("\\"):
         return False
-    try:
-        shlex.split(text)
-    except ValueError:
-        return False
-    return True
+    return subprocess.run(["bash", "-n", "-c", text], capture_output=True, timeout=30).returncode == 0
 
 
 def commands_in(block: str, console: bool, document: str, first_line: int) -> list[ShellCommand]:

@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -56,6 +57,12 @@ RECEIVER_URL = 'export RECEIVER_URL="https://pull-events-receiver-abc123-uc.a.ru
 METRICS = (
     "curl -s \"${RECEIVER_URL%/}/metrics\" | grep -E '^pull_events_receiver_(accepted_events|rejected_requests)_total'"
 )
+GROUP_SIZES = (
+    "for group in receiver pipeline webserver dev; do UV_PROJECT_ENVIRONMENT=/tmp/env-$group UV_LINK_MODE=copy "
+    "UV_COMPILE_BYTECODE=1 \\ uv sync --quiet --locked --no-default-groups --group $group "
+    'echo "$group $(du -sh /tmp/env-$group | cut -f1) $(ls -d /tmp/env-$group/lib/python3.*/site-packages/*.dist-info '
+    '| wc -l)" done'
+)
 
 # Keys: the command with its whitespace runs collapsed (ShellCommand.key).
 COVERAGE: dict[str, Ran | NotRunHere] = {
@@ -72,6 +79,11 @@ COVERAGE: dict[str, Ran | NotRunHere] = {
     "scripts/generate-events --events 500 --seed 42 --until 2026-03-10T00:00:00Z": Ran(STACK),
     "uv run gunicorn -c python:receiver.gunicorn_conf 'receiver:create_app()'": Ran(RECEIVER),
     "uv run flask --app receiver run": Ran(FLASK),
+    GROUP_SIZES: NotRunHere(
+        "a measurement: installs four environments (about 1 GB) into fixed /tmp paths; tests/images/ installs the "
+        "receiver and pipeline groups the same way, into temporary directories",
+        FORM,
+    ),
     "chainctl auth login": NotRunHere(NO_CHAINCTL, CHAINCTL),
     "chainctl iam organizations list -o table": NotRunHere(NO_CHAINCTL, CHAINCTL),
     'export ORG_ID="paste the ID column here"': NotRunHere("a value the reader pastes", FORM),
@@ -105,7 +117,7 @@ def test_every_documented_command_is_in_the_coverage_table() -> None:
     uncovered = [key for key in documented_keys if key not in COVERAGE]
     gone = [key for key in COVERAGE if key not in documented_keys]
     assert (uncovered, gone) == ([], []), "add each new command to COVERAGE (run it, or say why not); drop gone ones"
-    assert len(documented_keys) == len(set(documented_keys)) == 20
+    assert len(documented_keys) == len(set(documented_keys)) == 21
 
 
 def _test_function(module: str, name: str) -> tuple[ast.Module, ast.FunctionDef | None]:
@@ -174,6 +186,11 @@ def test_the_commands_not_run_here_are_well_formed() -> None:
     assert usage.returncode == 0
     for option in ("--events", "--days", "--rate"):
         assert re.search(rf"^\s+{option} ", usage.stdout, re.MULTILINE), option
+
+    # The size measurement installs groups the project has.
+    [groups] = re.findall(r"^for group in ([\w ]+); do", documented(GROUP_SIZES).text)
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["dependency-groups"]
+    assert set(groups.split()) <= set(declared) and len(groups.split()) == 4
 
     # The example receiver address is the receiver's root, where it takes POST /.
     [url] = shlex.split(documented(RECEIVER_URL).text.removeprefix("export RECEIVER_URL="))

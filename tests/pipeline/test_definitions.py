@@ -23,14 +23,13 @@ from pull_events_dagster.defs.assets import (
     WAREHOUSE_POOL,
 )
 from pull_events_dagster.defs.checks import AUDIT_CHECK_KEYS, AUDIT_JOB, AUDIT_SCHEDULE, SUMMARY_MATCHES
+from pull_events_dagster.defs.cloud_resources import BigQueryWarehouseResource, GcsLandingResource
 from pull_events_dagster.defs.derived import DAILY_SENSOR, DERIVED_JOB
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
 from pull_events_dagster.defs.load_checks import LOADED_COMPLETE, LOADED_DATED, LOADED_UNIQUE
 from pull_events_dagster.defs.reconcile import LOAD_LAG_CHECK_KEY, RECONCILE_JOB, RECONCILE_SCHEDULE
 from pull_events_dagster.defs.resources import (
-    BigQueryWarehouseResource,
     DuckDBWarehouseResource,
-    GcsLandingResource,
     LocalLandingResource,
 )
 from pull_events_dagster.defs.sensors import AUTOMATION_SENSOR, LANDING_SENSOR
@@ -72,8 +71,14 @@ def test_definitions_load_and_validate_for_a_directory_and_a_duckdb_file(defs: d
         assert load_checks <= checks_of[job]
         assert not set(AUDIT_CHECK_KEYS) & checks_of[job]
     assert set(defs.resolve_job_def(AUDIT_JOB).asset_layer.asset_graph.asset_check_keys) >= set(AUDIT_CHECK_KEYS)
+    # A load recomputes its own day and the summary in its own run (one process start instead of two).
     load = defs.resolve_job_def(LOAD_JOB)
-    assert {n.name for n in load.graph.node_defs} == {"load_landing_objects"}
+    assert {n.name for n in load.graph.node_defs} == {
+        "load_landing_objects",
+        "cloudevents_pull_event_recorder__daily_pulls",
+        "cloudevents_pull_event_recorder__repository_pull_summary",
+    }
+    assert load.partitions_def == defs.resolve_assets_def(DAILY_PULLS_KEY).partitions_def
 
 
 def test_daily_pulls_is_partitioned_by_day_and_the_summary_follows_it(defs: dg.Definitions) -> None:
@@ -118,6 +123,24 @@ def test_the_same_definitions_serve_a_bucket_and_bigquery() -> None:
     assert (warehouse.bigquery.project, warehouse.dataset) == ("my-project", "cloudevents_pull_event_recorder")
     kinds = {node.kinds.pop() for node in defs.resolve_asset_graph().asset_nodes}
     assert kinds == {"bigquery"}
+
+
+def test_the_embedded_default_never_imports_the_cloud_clients(tmp_path: Path) -> None:
+    """Every run of the local stack is a new process that loads the code location: dagster-gcp, pandas and the
+    BigQuery client would add seconds to each one's start (benchmarks/stack_latency.py) for nothing."""
+    probe = (
+        "import sys, pull_events_dagster.definitions as d; "
+        "print(sorted(m for m in ('dagster_gcp', 'google.cloud.bigquery', 'google.cloud.storage', 'pandas') "
+        "if m in sys.modules)); print(type(d.defs.resources['warehouse']).__name__)"
+    )
+    env = {
+        **os.environ,
+        "PULL_EVENTS_LANDING": str(tmp_path / "landing"),
+        "PULL_EVENTS_WAREHOUSE": str(tmp_path / "warehouse.duckdb"),
+    }
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "DuckDBWarehouseResource"]
 
 
 def test_workspace_yaml_loads_the_code_location(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ directory (or fake-gcs-server bucket) and a real DuckDB file.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pull_events.landing import GcsLandingStore, LocalLandingStore
+from pull_events.landing import GcsLandingStore, LocalLandingStore, key_committed_at
 from pull_events_dagster.defs import build_definitions
 from pull_events_dagster.defs.assets import (
     DAILY_PULLS_KEY,
@@ -76,7 +77,13 @@ def launch(defs: dg.Definitions, instance: dg.DagsterInstance, requests: list) -
     """Run the requested load runs as the daemon would (same config, same tags)."""
     job = defs.resolve_job_def(LOAD_JOB)
     return [
-        job.execute_in_process(run_config=r.run_config, tags=r.tags, instance=instance, raise_on_error=False)
+        job.execute_in_process(
+            run_config=r.run_config,
+            tags=r.tags,
+            partition_key=r.partition_key,
+            instance=instance,
+            raise_on_error=False,
+        )
         for r in requests
     ]
 
@@ -490,3 +497,86 @@ def test_derived_materializations_carry_a_preview_and_the_figures_the_plots_tab_
     audit = defs.resolve_job_def(AUDIT_JOB).execute_in_process(instance=instance)
     [rate] = [e for e in audit.get_asset_check_evaluations() if e.check_name == REJECTED_RATE]
     assert rate.metadata["top_reasons"].value == "| reason | lines |\n|---|---|\n| invalid_json | 1 |"
+
+
+def set_run_status(instance: dg.DagsterInstance, run_id: str, event_type: dg.DagsterEventType) -> None:
+    """Move a run's status as its run worker would (RUN_START: running again; RUN_SUCCESS: finished)."""
+    instance.handle_new_event(
+        dg.EventLogEntry(
+            error_info=None,
+            level="DEBUG",
+            user_message="",
+            run_id=run_id,
+            timestamp=datetime.now(UTC).timestamp(),
+            dagster_event=dg.DagsterEvent(event_type.value, job_name=LOAD_JOB),
+        )
+    )
+
+
+def test_a_load_run_recomputes_its_own_day_and_the_summary_and_the_daily_sensor_the_late_days_once_it_ends(
+    defs: dg.Definitions, instance: dg.DagsterInstance, store: LocalLandingStore, warehouse: DuckDBWarehouse
+) -> None:
+    now = datetime.now(UTC)
+    # Pulls dated yesterday (late) and today, in objects the receiver landed seconds ago.
+    spec = LandingSpec(
+        events=90, repositories=3, days=2, first_day=now.date() - timedelta(days=1), events_per_object=30,
+        committed_from=now - timedelta(seconds=20), commit_spacing=timedelta(milliseconds=5),
+    )  # fmt: skip
+    landed = synthetic_landing(store, spec)
+    days = sorted({p.when.date().isoformat() for p in landed.pulls})
+    assert len(days) == 2
+
+    [request], _ = sensor_tick(defs, instance, None)
+    # The objects' day (the receiver's clock when it landed them): today, unless the test ran just after midnight.
+    own_day = max(key_committed_at(key) for key in landed.keys).strftime("%Y-%m-%d")
+    assert request.partition_key == own_day
+    [run] = launch(defs, instance, [request])
+    assert run.success
+    assert {m.materialization.partition for m in run.get_asset_materialization_events()} == {own_day, None}
+    assert sorted(str(m.asset_key.path[-1]) for m in run.get_asset_materialization_events()) == sorted(
+        [base.PULLS, base.EVENTS, base.REJECTED, base.QUARANTINED, base.DAILY_PULLS, base.REPOSITORY_SUMMARY]
+    )
+    assert metadata(run, PULLS_KEY)["days_affected"] == days
+    own_rows = [r[:3] for r in expected_daily(landed.pulls) if r[0].isoformat() == own_day]
+    daily_sql = f"SELECT day, repository, events FROM {DAILY} WHERE day = $day ORDER BY repository"
+    assert rows(warehouse, daily_sql, {"day": own_day}) == own_rows
+
+    # While the load's run is (still) running, the daily sensor waits: the run may yet recompute its days.
+    set_run_status(instance, run.run_id, dg.DagsterEventType.RUN_START)
+    waiting, _, day_cursor = derive(defs, instance, None)
+    assert waiting == []
+    assert [w["run_id"] for w in json.loads(day_cursor)["waiting"]] == [run.run_id]
+    # Once it has finished, the sensor asks for the day the run left (the late one), and no other.
+    set_run_status(instance, run.run_id, dg.DagsterEventType.RUN_SUCCESS)
+    day_requests, _, day_cursor = derive(defs, instance, day_cursor)
+    [late_day] = [day for day in days if day != own_day]
+    assert [r.partition_key for r in day_requests] == [late_day]
+    assert json.loads(day_cursor)["waiting"] == []
+    assert derive(defs, instance, day_cursor)[0] == []
+    assert instance.get_materialized_partitions(DAILY_PULLS_KEY) == set(days)
+    assert rows(warehouse, f"SELECT day, repository, events FROM {DAILY} ORDER BY day, repository") == [
+        r[:3] for r in expected_daily(landed.pulls)
+    ]
+    [(refreshed_at,)] = rows(warehouse, f"SELECT max(computed_at) FROM {SUMMARY}")
+    assert [r[0] for r in rows(warehouse, f"SELECT repository FROM {SUMMARY} ORDER BY repository")] == [
+        e[0] for e in expected_summary(landed.pulls, refreshed_at)
+    ]
+
+
+def test_a_load_run_whose_pulls_are_all_dated_on_other_days_recomputes_no_day(
+    defs: dg.Definitions, instance: dg.DagsterInstance, store: LocalLandingStore
+) -> None:
+    now = datetime.now(UTC)
+    spec = LandingSpec(
+        events=40, repositories=2, days=2, first_day=now.date() - timedelta(days=5), events_per_object=40,
+        committed_from=now - timedelta(seconds=20),
+    )  # fmt: skip
+    synthetic_landing(store, spec)
+    [request], _ = sensor_tick(defs, instance, None)
+    [run] = launch(defs, instance, [request])
+    assert run.success
+    materialized = {str(m.asset_key.path[-1]) for m in run.get_asset_materialization_events()}
+    assert materialized == {base.PULLS, base.EVENTS, base.REJECTED, base.QUARANTINED}
+    assert instance.get_materialized_partitions(DAILY_PULLS_KEY) == set()
+    day_requests, _, _ = derive(defs, instance, None)
+    assert [r.tags["dagster/asset_partition_range_start"] for r in day_requests] == [spec.first_day.isoformat()]

@@ -105,7 +105,9 @@ def test_a_pass_loads_an_object_the_sensor_never_requested_after_the_check_names
     # The sensor's run loads the younger one; loading the stale one again would have been skipped by the ledger.
     [request] = requests
     job = defs.resolve_job_def(LOAD_JOB)
-    assert job.execute_in_process(run_config=request.run_config, tags=request.tags, instance=instance).success
+    assert job.execute_in_process(
+        run_config=request.run_config, tags=request.tags, partition_key=request.partition_key, instance=instance
+    ).success
     assert sorted(loaded(warehouse)) == sorted([stale, fresh])
     assert lag_evaluation(reconcile(defs, instance)).metadata["unloaded_within_lag"].value == 0
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from pull_events.landing import LandedObject, LandingStore, LocalLandingStore, key_committed_at, object_key
 from pull_events.settings import Settings
 from pull_events_dagster.defs.jobs import LOAD_JOB, REBUILD_JOB
+from pull_events_dagster.defs.partitions import daily_partitions
 from pull_events_dagster.defs.retries import LOAD_RUN_RETRY_TAGS
 from pull_events_dagster.defs.sensors import (
     LANDING_SENSOR,
@@ -38,9 +39,11 @@ from pull_events_dagster.defs.sensors import (
     TickPlan,
     key_time,
     live_runs,
+    load_partition,
     plan_tick,
     requested_in_slots,
 )
+from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import PULL_TYPE, PUSH_TYPE, other_event, pull_event, write_object
 from tests.pipeline.lockholder import LockHolder
 from tests.pipeline.test_duckdb_warehouse import facts
@@ -49,6 +52,11 @@ HOUR = timedelta(hours=1)
 ORIGIN = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("pull_events_dagster.definitions"), "__repository__")
 LIVE = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
 FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def partition_keys(now: datetime) -> list[str]:
+    """The day partitions of daily_pulls at ``now``, from the default first day."""
+    return daily_partitions(pipeline_settings("/unused", "/unused.duckdb")).get_partition_keys(current_time=now)
 
 
 class CountingLandingStore(LocalLandingStore):
@@ -138,7 +146,7 @@ class Sensor:
             self.max_in_flight,
         )
         for batch in plan.batches:
-            record_run(self.instance, batch.run_request(), status)
+            record_run(self.instance, batch.run_request(load_partition(batch, partition_keys(now), now)), status)
         if plan.cursor is not None:
             self.check_invariant(plan.cursor, plan.batches)
             self.cursor = LandingCursor.parse(plan.cursor.dump())
@@ -324,7 +332,7 @@ def test_runs_in_flight_are_counted_from_the_instance_and_a_full_tick_lists_noth
     assert sensor.cursor == LandingCursor(key_committed_at(keys[3]))
     # Runs of another job do not count, however many are live.
     for _ in range(5):
-        record_run(memory_instance, first.batches[0].run_request(), "STARTED", job_name=REBUILD_JOB)
+        record_run(memory_instance, first.batches[0].run_request("2026-12-01"), "STARTED", job_name=REBUILD_JOB)
 
     store.listings = 0
     busy = sensor.tick(now + timedelta(seconds=15))
@@ -642,3 +650,24 @@ def test_objects_listable_within_the_lateness_are_requested_exactly_once_whateve
         assert live_runs(memory_instance, LOAD_JOB) <= batches
     assert sorted(keys_of(plans)) == sorted(visible_at)  # each exactly once
     assert plans[-1].batches == []
+
+
+def landed_batch(*moments: datetime) -> Batch:
+    """A batch of objects the receiver landed at ``moments``."""
+    keys = [object_key(PULL_TYPE, moment, "r", n) for n, moment in enumerate(moments)]
+    return Batch(tuple(LandedObject(key, 1, f"/landing/{key}") for key in keys))
+
+
+def test_a_load_run_recomputes_the_day_its_newest_object_landed_on_within_the_partitions() -> None:
+    now = datetime(2026, 12, 1, 0, 0, 30, tzinfo=UTC)
+    keys = partition_keys(now)
+    last_night = datetime(2026, 11, 30, 23, 59, 58, tzinfo=UTC)
+    assert load_partition(landed_batch(last_night), keys, now) == "2026-11-30"
+    assert load_partition(landed_batch(last_night, now - timedelta(seconds=20)), keys, now) == "2026-12-01"
+    # A receiver whose clock runs a day ahead; an object copied in by hand; one from before the first partition.
+    assert load_partition(landed_batch(now + timedelta(days=1)), keys, now) == "2026-12-01"
+    assert (
+        load_partition(Batch((LandedObject("manual/copied.ndjson", 1, "/landing/manual/copied.ndjson"),)), keys, now)
+        == "2026-12-01"
+    )
+    assert load_partition(landed_batch(datetime(2020, 1, 1, tzinfo=UTC)), keys, now) == keys[0] == "2024-01-01"

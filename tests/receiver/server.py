@@ -105,11 +105,15 @@ class ThreadedReceiver:
 
 
 class ReceiverProcess:
-    """The receiver under gunicorn (``python:receiver.gunicorn_conf``) as a subprocess; logs go to ``log_path``."""
+    """The receiver under gunicorn (``python:receiver.gunicorn_conf``) as a subprocess; logs go to ``log_path``.
+    ``python`` is the interpreter of the environment it runs in (default: the tests' own)."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path, port: int | None = None) -> None:
+    def __init__(
+        self, env: Mapping[str, str], log_path: Path, port: int | None = None, python: str | Path = sys.executable
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        self.python = python
         self.env = {**os.environ, **env, "PORT": str(self.port)}
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -118,7 +122,7 @@ class ReceiverProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait_ready: bool = True, timeout: float = 30.0) -> ReceiverProcess:
-        command = [sys.executable, "-m", "gunicorn", "-c", "python:receiver.gunicorn_conf", "receiver:create_app()"]
+        command = [self.python, "-m", "gunicorn", "-c", "python:receiver.gunicorn_conf", "receiver:create_app()"]
         with self.log_path.open("ab") as log:
             # Own process group: a SIGKILL test can kill master and worker at once, like a crash.
             self.process = subprocess.Popen(
