@@ -87,6 +87,19 @@ def warehouse_rows(warehouse: Path, sql: str) -> list[tuple[Any, ...]] | None:
         return None
 
 
+def read(warehouse: Path, sql: str) -> list[tuple[Any, ...]]:
+    """``sql``'s rows, once no load holds the file (a load run may start at any time while the stack runs)."""
+    rows: list[list[tuple[Any, ...]] | None] = [None]
+
+    def readable() -> bool:
+        rows[0] = warehouse_rows(warehouse, sql)
+        return rows[0] is not None
+
+    wait_until(readable, f"the warehouse stayed locked for {sql}", 300)
+    assert rows[0] is not None
+    return rows[0]
+
+
 def loaded_events(warehouse: Path) -> int | None:
     rows = warehouse_rows(warehouse, f"SELECT (SELECT count(*) FROM {PULLS}) + (SELECT count(*) FROM {SCHEMA}.events)")
     return None if rows is None else int(rows[0][0])
@@ -129,7 +142,8 @@ def _documented_commands_against(copy: Path, env: dict[str, str], log: Path) -> 
     warehouse = Path(env["PULL_EVENTS_WAREHOUSE"])
     wait_until(lambda: loaded_events(warehouse) is not None, f"nothing loaded:\n{log.read_text()[-3000:]}", 600)
     for name, argv in documented_queries():
-        done = subprocess.run([copy / argv[0], *argv[1:]], cwd=copy, env=env, capture_output=True, text=True)
+        command = [copy / argv[0], *argv[1:]]
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=300)
         assert (done.returncode, done.stderr) == (0, ""), f"{name}: {argv}"
 
     expected = 21 + seeded["distinct_accepted"]
@@ -139,15 +153,17 @@ def _documented_commands_against(copy: Path, env: dict[str, str], log: Path) -> 
     run(REBUILD, copy, env)
     finished = {"SUCCESS", "FAILURE", "CANCELED"}
     wait_until(lambda: set(rebuild_statuses(env["DAGSTER_PORT"])) <= finished, "the rebuild never finished", 900)
+    # The launch returned once the run was in the instance: it is the one run of the job, finished.
     assert rebuild_statuses(env["DAGSTER_PORT"]) == ["SUCCESS"], log.read_text()[-3000:]
 
     # Every row was loaded again by the rebuild, none lost or doubled, and the days recomputed from them.
-    assert loaded_events(warehouse) == expected
-    [(first_loaded,)] = warehouse_rows(warehouse, f"SELECT min(loaded_at) FROM {PULLS}")
+    counted = f"SELECT (SELECT count(*) FROM {PULLS}) + (SELECT count(*) FROM {SCHEMA}.events)"
+    assert read(warehouse, counted) == [(expected,)]
+    [(first_loaded,)] = read(warehouse, f"SELECT min(loaded_at) FROM {PULLS}")
     assert first_loaded >= launched
     recomputed = f"SELECT day, body.repository, count(*) FROM {PULLS} GROUP BY ALL"
     daily = f"SELECT day, repository, events FROM {SCHEMA}.daily_pulls"
-    assert sorted(warehouse_rows(warehouse, daily)) == sorted(warehouse_rows(warehouse, recomputed))
+    assert sorted(read(warehouse, daily)) == sorted(read(warehouse, recomputed))
 
     # A week of history: the receiver takes all of it. Its loads (some 2,500 objects, many minutes on 2 busy cores)
     # are not waited for: Ctrl-C interrupts them, and what loading does is pinned by the pipeline's tests.
