@@ -127,9 +127,13 @@ def count_lines(data: bytes) -> int:
     return sum(1 for segment in line_segments(data) if not is_blank(segment))
 
 
-def new_instance_id() -> str:
-    """A name for this writer process: host, pid and a random part, so writers never collide."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def new_instance_id(name: str | None = None) -> str:
+    """A name for this writer process: ``name`` (default: the host name), pid and a random part.
+
+    The pid and random part keep writers apart however the names are set: two processes given one name (a
+    deployment's replicas, gunicorn's workers, a pid reused in another container) still never write one key.
+    """
+    return f"{safe_segment(name or socket.gethostname())}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class LandingStore(ABC):

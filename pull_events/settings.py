@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -27,6 +28,8 @@ DEFAULT_FIRST_DAY = date(2024, 1, 1)
 # The longest token lifetime a receiver may accept: the loads' look-back for a replayed token (a day) covers it.
 MAX_TOKEN_LIFETIME_SECONDS = 24 * 3600.0
 
+# An instance name as object names carry it verbatim: no separator a key or a log line could misread.
+_INSTANCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _GCS_URI = re.compile(r"^gs://(?P<bucket>[a-z0-9][a-z0-9._-]{1,221}[a-z0-9])(?:/(?P<prefix>.*))?$")
 _BIGQUERY_URI = re.compile(r"^bigquery://(?P<project>[a-z][a-z0-9.:-]{2,62}[a-z0-9])/(?P<dataset>\w{1,1024})/?$")
 
@@ -88,6 +91,9 @@ class ReceiverSettings:
     header_timeout_seconds: float  # a request's head must be complete this long after its first byte
     body_timeout_seconds: float  # a request's body must be complete this long after its head
     min_free_bytes: int  # a local landing directory with less free space is not ready
+    # The name this deployment gives its receivers (PULL_EVENTS_INSTANCE, else Cloud Run's K_REVISION, else the
+    # host name): it leads every object name and received_by, and each process adds its pid and a random part.
+    instance_name: str
 
 
 @dataclass(frozen=True)
@@ -197,6 +203,7 @@ def load_settings(environ: Mapping[str, str] | None = None, *, receiver: bool = 
         header_timeout_seconds=_float(env, "PULL_EVENTS_HEADER_TIMEOUT_S", 10.0, minimum=0.1),
         body_timeout_seconds=_float(env, "PULL_EVENTS_BODY_TIMEOUT_S", 15.0, minimum=0.1),
         min_free_bytes=_int(env, "PULL_EVENTS_MIN_FREE_BYTES", 100 * 1024 * 1024, minimum=0),
+        instance_name=_instance_name(env),
     )
     pipeline = PipelineSettings(
         lateness_seconds=_int(env, "PULL_EVENTS_LATENESS_S", 3600, minimum=0),
@@ -238,6 +245,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a name that may resolve to anything
+
+
+def _instance_name(env: Mapping[str, str]) -> str:
+    """``PULL_EVENTS_INSTANCE`` as given (refused unless it can appear verbatim in an object name), else Cloud Run's
+    ``K_REVISION``, else the host name; the fallbacks are the platform's to choose, so they are made safe, not refused.
+    """
+    given = env.get("PULL_EVENTS_INSTANCE", "").strip()
+    if given:
+        if not _INSTANCE_NAME.match(given):
+            raise SettingsError(
+                "PULL_EVENTS_INSTANCE",
+                f"{given!r} must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        return given
+    fallback = env.get("K_REVISION", "").strip() or socket.gethostname()
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", fallback)[:63].lstrip("._-") or "receiver"
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

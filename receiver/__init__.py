@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, store: LandingStore | None = No
     options = settings.receiver
     if store is None:
         store = open_landing_store(settings.landing)
-    instance = new_instance_id()
+    instance = new_instance_id(options.instance_name)
     metrics = ReceiverMetrics()
     batcher = Batcher(
         store,

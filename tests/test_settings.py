@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import os
+import re
+import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from pull_events.landing import new_instance_id
 from pull_events.settings import DEFAULT_LANDING, DEFAULT_WAREHOUSE, SettingsError, load_settings
 
 
@@ -73,6 +77,10 @@ def test_receiver_requires_the_group_while_auth_is_on_but_the_pipeline_does_not(
         ("PULL_EVENTS_MAX_RAW_EVENT_RATE", "-0.1"),
         ("PULL_EVENTS_FIRST_DAY", "2024-13-01"),
         ("PULL_EVENTS_FIRST_DAY", (datetime.now(UTC).date() + timedelta(days=2)).isoformat()),  # no partition yet
+        ("PULL_EVENTS_INSTANCE", "eu/west"),
+        ("PULL_EVENTS_INSTANCE", "-leading-dash"),
+        ("PULL_EVENTS_INSTANCE", "x" * 64),
+        ("PULL_EVENTS_INSTANCE", "r\u00e9cepteur"),
     ],
 )
 def test_invalid_setting_is_refused_naming_the_variable(variable: str, value: str) -> None:
@@ -80,3 +88,25 @@ def test_invalid_setting_is_refused_naming_the_variable(variable: str, value: st
         load_settings({"CHAINGUARD_GROUP": "g", variable: value})
     assert error.value.variable == variable
     assert str(error.value).startswith(f"{variable}: ")
+
+
+GROUP = {"CHAINGUARD_GROUP": "g"}
+
+
+def test_the_instance_name_is_the_setting_else_the_cloud_run_revision_else_the_host_name() -> None:
+    assert load_settings(
+        {**GROUP, "PULL_EVENTS_INSTANCE": "eu-west1.rx_2", "K_REVISION": "rev-1"}
+    ).receiver.instance_name == ("eu-west1.rx_2")
+    assert (
+        load_settings({**GROUP, "K_REVISION": "pull-events-00042-abc"}).receiver.instance_name
+        == "pull-events-00042-abc"
+    )
+    # The fallbacks are the platform's: made safe for an object name rather than refused.
+    assert load_settings({**GROUP, "K_REVISION": "../odd name/"}).receiver.instance_name == "odd_name_"
+    assert load_settings(GROUP).receiver.instance_name == re.sub(r"[^A-Za-z0-9._-]+", "_", socket.gethostname())[:63]
+
+
+def test_receivers_given_one_name_still_write_distinct_keys() -> None:
+    names = {new_instance_id("rx-a") for _ in range(1000)}
+    assert len(names) == 1000
+    assert all(name.startswith(f"rx-a-{os.getpid()}-") for name in names)

@@ -10,6 +10,12 @@ bytes however busy the landing zone is. Everything else it needs is Dagster's ow
   down are still found. The window is listed again every tick so that an object that lands late or out of name
   order (a slow upload, a receiver whose clock runs behind) is still noticed. An object dated ahead of the daemon's
   clock (a receiver whose clock runs ahead) is taken once the clock reaches its time.
+- **Clock skew.** Names carry the receiver's clock, the window the daemon's: the lateness must cover how far any
+  receiver's clock may run behind the daemon's plus the slowest upload (the default hour covers minutes of skew
+  many times over). Each tick measures both skews it can see: how far the listing had already passed the name of
+  an object that appeared late (``late_by``), and how far ahead of now a name is (``ahead_by``); it warns when the
+  first uses up more than half the lateness or the second exceeds a minute. An object later than the whole
+  lateness is never listed, so it cannot be measured here: the reconciliation pass loads it.
 - **What was already requested** is read from Dagster, not remembered in the cursor: every run the sensor requests
   names its objects in its run config and carries the key-time slot (the minute) of its newest object in the
   ``pull_events/slot`` tag. No tick requests an object dated after where it listed to, ``listed_to`` never goes
@@ -75,6 +81,8 @@ UNTIMED_SLOT = "untimed"
 # default launcher); Dagster's run retries then launch it again.
 LOAD_MAX_RUNTIME_SECONDS = 2 * 3600
 CURSOR_VERSION = 3
+# Names further ahead of the daemon's clock than this are worth a warning (their loads wait that long).
+AHEAD_WARNING = timedelta(seconds=60)
 # Load runs queued or running at most (each of up to PULL_EVENTS_MAX_OBJECTS_PER_RUN objects). The warehouse pool
 # runs one at a time anyway: more would only queue, and hold objects a later tick could batch better.
 MAX_BATCHES_IN_FLIGHT = 8
@@ -178,6 +186,13 @@ class TickPlan:
     listed: int = 0  # objects the listing returned
     already_requested: int = 0  # of those, named by a run
     left_behind: int = 0  # listed, named by no run, and not requested by this tick: a later tick takes them
+    # How far the listing had already passed the time in the name of an object when that object appeared (the
+    # largest among this tick's new objects; None: none appeared late). An upload that took that long, or a receiver
+    # whose clock runs that far behind the daemon's: past the lateness, such objects are left to reconciliation.
+    late_by: timedelta | None = None
+    # How far after now the latest listed name's time is (None: none is): a receiver whose clock runs ahead. Its
+    # objects wait for the daemon's clock to reach them.
+    ahead_by: timedelta | None = None
 
     @property
     def requested_objects(self) -> int:
@@ -188,12 +203,34 @@ class TickPlan:
         if self.listed_from is None:
             return f"{self.live_runs} load runs queued or running, the limit: listed nothing, cursor kept"
         listed_to = self.cursor.listed_to.isoformat() if self.cursor and self.cursor.listed_to else "-"
+        skew = "".join(
+            f"; {what} {delta.total_seconds():.0f}s"
+            for what, delta in (("an object appeared late by", self.late_by), ("a name is ahead by", self.ahead_by))
+            if delta is not None
+        )
         return (
             f"listed {self.listed} objects with key times from {self.listed_from.isoformat()}, "
             f"{self.already_requested} of them already requested by runs; {self.live_runs} load runs queued or "
             f"running; requesting {len(self.batches)} runs for {self.requested_objects} objects, "
-            f"{self.left_behind} left for later ticks; listed up to {listed_to}"
+            f"{self.left_behind} left for later ticks; listed up to {listed_to}{skew}"
         )
+
+    def skew_warnings(self, lateness: timedelta) -> list[str]:
+        """What an operator should hear about: late objects using up most of the lateness, names well ahead."""
+        warnings = []
+        if self.late_by is not None and self.late_by > lateness / 2:
+            warnings.append(
+                f"an object appeared {self.late_by.total_seconds():.0f}s after the listing had passed its name's "
+                f"time, more than half of PULL_EVENTS_LATENESS_S ({lateness.total_seconds():.0f}s): a receiver "
+                "whose clock runs behind the daemon's, or slow uploads. Objects later than the lateness are loaded "
+                "only by the reconciliation pass: raise the lateness or fix the clock"
+            )
+        if self.ahead_by is not None and self.ahead_by > AHEAD_WARNING:
+            warnings.append(
+                f"an object is named {self.ahead_by.total_seconds():.0f}s ahead of the daemon's clock: a receiver "
+                "whose clock runs ahead; its objects are loaded only once the daemon's clock reaches their names"
+            )
+        return warnings
 
 
 def plan_tick(
@@ -224,6 +261,8 @@ def plan_tick(
     listing = _list_window(store, since, previous, budget)
     requested = requested_in({slot_of_key(o.key) for o in listing.objects})
     new = [o for o in listing.objects if o.key not in requested]
+    times = [moment for moment in map(key_time, (o.key for o in listing.objects)) if moment is not None]
+    new_times = [moment for moment in map(key_time, (o.key for o in new)) if moment is not None]
     # Everything up to the cutoff was listed (every type's listing got past it), so it can all be taken now.
     # Objects dated after it wait for a later tick: after now (a receiver's clock ahead of ours) or past the point
     # where a type's listing stopped.
@@ -241,6 +280,8 @@ def plan_tick(
         listed=len(listing.objects),
         already_requested=len(listing.objects) - len(new),
         left_behind=len(new) - taken,
+        late_by=max((previous - moment for moment in new_times if previous and moment < previous), default=None),
+        ahead_by=max((moment - now for moment in times if moment > now), default=None),
     )
 
 
@@ -403,6 +444,8 @@ def build_landing_sensor(settings: Settings, job_name: str) -> dg.SensorDefiniti
             max_objects,
         )
         context.log.info(plan.summary())
+        for warning in plan.skew_warnings(lateness):
+            context.log.warning(warning)
         skip = "no new landing objects" if plan.listed_from else "load runs queued or running at the limit"
         days = partitions.get_partition_keys(current_time=now)
         return dg.SensorResult(

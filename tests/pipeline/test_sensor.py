@@ -671,3 +671,54 @@ def test_a_load_run_recomputes_the_day_its_newest_object_landed_on_within_the_pa
         == "2026-12-01"
     )
     assert load_partition(landed_batch(datetime(2020, 1, 1, tzinfo=UTC)), keys, now) == keys[0] == "2024-01-01"
+
+
+def test_an_object_from_a_receiver_whose_clock_runs_behind_is_requested_once_and_its_lateness_reported(
+    tmp_path: Path, memory_instance: dg.DagsterInstance
+) -> None:
+    store = LocalLandingStore(tmp_path / "landing")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    on_time = land(store, now - timedelta(seconds=1), 1)
+    sensor = Sensor(memory_instance, store, lateness=timedelta(minutes=3))
+    [batch] = sensor.tick(now).batches
+    assert batch.keys == [on_time]
+    assert sensor.tick(now).late_by is None
+
+    # Five seconds later a receiver two minutes behind lands an object named two minutes before now.
+    behind = land(store, now + timedelta(seconds=5) - timedelta(minutes=2), 2)
+    plan = sensor.tick(now + timedelta(seconds=6))
+    assert [b.keys for b in plan.batches] == [[behind]]
+    assert plan.late_by == timedelta(seconds=115)  # the listing had reached `now`; the name says now - 115 s
+    assert plan.skew_warnings(timedelta(minutes=3)) == [
+        "an object appeared 115s after the listing had passed its name's time, more than half of "
+        "PULL_EVENTS_LATENESS_S (180s): a receiver whose clock runs behind the daemon's, or slow uploads. Objects "
+        "later than the lateness are loaded only by the reconciliation pass: raise the lateness or fix the clock"
+    ]
+    assert plan.skew_warnings(timedelta(hours=1)) == []
+    assert sensor.tick(now + timedelta(seconds=11)).batches == []
+
+
+def test_a_receiver_behind_by_more_than_the_lateness_is_not_listed_and_left_to_reconciliation(
+    tmp_path: Path, memory_instance: dg.DagsterInstance
+) -> None:
+    store = LocalLandingStore(tmp_path / "landing")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    sensor = Sensor(memory_instance, store, lateness=timedelta(seconds=60))
+    assert sensor.tick(now).batches == []
+    land(store, now - timedelta(minutes=2), 1)  # two minutes behind: before the window of the next tick
+    plan = sensor.tick(now + timedelta(seconds=5))
+    assert (plan.listed, plan.batches, plan.late_by) == (0, [], None)
+
+
+def test_a_name_ahead_of_the_clock_is_reported_and_warned_about_past_a_minute(
+    tmp_path: Path, memory_instance: dg.DagsterInstance
+) -> None:
+    store = LocalLandingStore(tmp_path / "landing")
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+    land(store, now + timedelta(minutes=2), 1)
+    plan = Sensor(memory_instance, store).tick(now)
+    assert (plan.batches, plan.ahead_by) == ([], timedelta(minutes=2))
+    assert plan.skew_warnings(HOUR) == [
+        "an object is named 120s ahead of the daemon's clock: a receiver whose clock runs ahead; its objects are "
+        "loaded only once the daemon's clock reaches their names"
+    ]
