@@ -136,10 +136,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -
         time.sleep(0.2)
 
 
-def start_full_stack(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_full_stack(env: dict[str, str], log: Path, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """Run ``scripts/stack`` from ``root`` (the project, or a copy of it) until Dagster answers."""
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [ROOT / "scripts/stack"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            ["scripts/stack"], cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
         )
     wait_until(lambda: process.poll() is not None or "dagster: " in log.read_text(), "the stack never got ready")
     assert process.poll() is None, f"scripts/stack exited with {process.returncode}:\n{log.read_text()}"
