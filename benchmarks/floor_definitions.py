@@ -9,8 +9,7 @@ A file named ``<anything>.landed`` in ``FLOOR_DIR`` is one event; the asset appe
 ``FLOOR_DIR/done.txt``, the seconds being when its run's step ran (wall clock, as the pipeline's ``loaded_at``).
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: Dagster reads the Config class from the asset's annotation at run time.
 import os
 import time
 from pathlib import Path

@@ -84,7 +84,9 @@ def measure_floor(events: int, rate: float) -> list[float]:
     try:
         land(0)  # the warm-up file
         deadline = time.monotonic() + 300
-        while not finished() and time.monotonic() < deadline:
+        while not finished():
+            if time.monotonic() > deadline or daemon.poll() is not None:
+                raise RuntimeError(f"the floor's warm-up file was never recorded: see {tmp / 'daemon.log'}")
             time.sleep(0.2)
         started = time.monotonic()
         for sequence in range(1, events + 1):
