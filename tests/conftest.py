@@ -6,8 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
 from tests.postgres_server import PostgresServer
-from tests.services import BigQueryEmulator, FakeGcsServer
+from tests.services import TEST_PROJECT, BigQueryEmulator, FakeGcsServer
+
+# A landing zone as a receiver's environment names it (PULL_EVENTS_LANDING), a store to read it back, extra variables.
+ReceiverLanding = tuple[str, LandingStore, dict[str, str]]
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +55,15 @@ def landing_dir(tmp_path: Path) -> Path:
     path = tmp_path / "landing"
     path.mkdir()
     return path
+
+
+@pytest.fixture(params=["local", "gcs"])
+def landing(request: pytest.FixtureRequest, tmp_path: Path) -> ReceiverLanding:
+    """Each landing zone a receiver process can write to: a local directory, and a bucket on fake-gcs-server."""
+    if request.param == "local":
+        return str(tmp_path / "landing"), LocalLandingStore(tmp_path / "landing"), {}
+    fake_gcs: FakeGcsServer = request.getfixturevalue("fake_gcs")
+    bucket: str = request.getfixturevalue("gcs_bucket")
+    # The production code path: the receiver builds its own client, pointed at the fake by this variable.
+    env = {"STORAGE_EMULATOR_HOST": fake_gcs.url, "GOOGLE_CLOUD_PROJECT": TEST_PROJECT}
+    return f"gs://{bucket}/events", GcsLandingStore(bucket, "events", client=fake_gcs.client()), env

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import pytest
 import requests
 
-from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
+from tests.conftest import ReceiverLanding
 from tests.images.environments import GCS_MODULE, RECEIVER_MODULES, importable
 from tests.receiver.deliveries import landed_records
 from tests.receiver.load import signed_pull_delivery
 from tests.receiver.oidc import LocalIssuer
 from tests.receiver.server import ReceiverProcess, receiver_env
-from tests.services import TEST_PROJECT, FakeGcsServer
 
 
 def test_the_receiver_group_holds_the_receivers_imports_and_nothing_of_dagster_duckdb_bigquery_or_dev(
@@ -23,19 +21,8 @@ def test_the_receiver_group_holds_the_receivers_imports_and_nothing_of_dagster_d
     assert importable(receiver_python) == {*RECEIVER_MODULES, GCS_MODULE}
 
 
-@pytest.fixture(params=["local", "gcs"])
-def landing(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, LandingStore, dict[str, str]]:
-    """A landing zone as the receiver's environment names it, a store to read it back, and extra variables."""
-    if request.param == "local":
-        return str(tmp_path / "landing"), LocalLandingStore(tmp_path / "landing"), {}
-    fake_gcs: FakeGcsServer = request.getfixturevalue("fake_gcs")
-    bucket: str = request.getfixturevalue("gcs_bucket")
-    env = {"STORAGE_EMULATOR_HOST": fake_gcs.url, "GOOGLE_CLOUD_PROJECT": TEST_PROJECT}
-    return f"gs://{bucket}/events", GcsLandingStore(bucket, "events", client=fake_gcs.client()), env
-
-
 def test_the_receiver_group_serves_a_signed_delivery_under_gunicorn(
-    receiver_python: Path, landing: tuple[str, LandingStore, dict[str, str]], tmp_path: Path
+    receiver_python: Path, landing: ReceiverLanding, tmp_path: Path
 ) -> None:
     uri, store, extra = landing
     with LocalIssuer() as issuer:

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from pull_events.landing import GcsLandingStore, LandingStore, LocalLandingStore
+from pull_events.landing import LocalLandingStore
 from pull_events.settings import SettingsError
 from receiver import create_app
+from tests.conftest import ReceiverLanding
 from tests.receiver.deliveries import landed_ids
 from tests.receiver.kill_test import run_kill_test
 from tests.receiver.load import fire, signed_pull_deliveries
 from tests.receiver.oidc import LocalIssuer
 from tests.receiver.server import ROOT, ReceiverProcess, receiver_env
-from tests.services import FakeGcsServer
 
 
 def queue_depth(process: ReceiverProcess) -> float:
@@ -124,20 +124,8 @@ def test_flask_cli_finds_the_app_factory(tmp_path: Path, issuer: LocalIssuer) ->
     assert {"receiver.healthz", "receiver.readyz", "receiver.metrics"} <= set(routes)
 
 
-@pytest.fixture(params=["local", "gcs"])
-def landing(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, LandingStore, dict[str, str]]:
-    """A landing zone for a gunicorn receiver: (PULL_EVENTS_LANDING, a store to read it, extra env)."""
-    if request.param == "local":
-        return str(tmp_path / "landing"), LocalLandingStore(tmp_path / "landing"), {}
-    fake_gcs: FakeGcsServer = request.getfixturevalue("fake_gcs")
-    bucket: str = request.getfixturevalue("gcs_bucket")
-    # The production code path: open_landing_store() builds its own client, pointed at the fake by this variable.
-    env = {"STORAGE_EMULATOR_HOST": fake_gcs.url, "GOOGLE_CLOUD_PROJECT": "test-project"}
-    return f"gs://{bucket}/events", GcsLandingStore(bucket, "events", client=fake_gcs.client()), env
-
-
 def test_sigkill_mid_burst_loses_no_acknowledged_event(
-    tmp_path: Path, issuer: LocalIssuer, landing: tuple[str, LandingStore, dict[str, str]]
+    tmp_path: Path, issuer: LocalIssuer, landing: ReceiverLanding
 ) -> None:
     location, store, extra_env = landing
     process = ReceiverProcess({**receiver_env(location, issuer), **extra_env}, tmp_path / "receiver.log").start()
