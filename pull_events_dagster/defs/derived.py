@@ -222,13 +222,15 @@ def _contiguous(days: Sequence[str]) -> list[tuple[str, str]]:
     return ranges
 
 
-def days_run_request(first: str, last: str, after_storage_id: int | None) -> dg.RunRequest:
+def days_run_request(first: str, last: str, newest_load: int | None) -> dg.RunRequest:
     """A run of ``daily_pulls`` for the days ``first`` .. ``last`` and of the summary after it.
 
     A single day is its own partition, whose materialization then carries its exact row count; several
     contiguous days are one range in one run. Retried by Dagster like a load: the sensor has moved past these days.
     """
-    run_key = f"days-{first}-{last}-after-{after_storage_id}"
+    # Keyed by the newest load behind the days, not by where the sensor's cursor is: a later load of the same days
+    # that finishes on a tick that read nothing new must get a run of its own (Dagster skips a run key it has seen).
+    run_key = f"days-{first}-{last}-load-{newest_load}"
     tags = {**WAREHOUSE_RUN_TAGS, **LOAD_RUN_RETRY_TAGS}
     if first == last:
         return dg.RunRequest(run_key=run_key, partition_key=first, tags=tags)
@@ -259,7 +261,8 @@ def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:
             cursor.after_storage_id = records[-1].storage_id
         finished = _finished_runs(context.instance, {load.run_id for load in loads})
         cursor.waiting = [load for load in loads if load.run_id not in finished]
-        days = _days_left(context.instance, [load for load in loads if load.run_id in finished])
+        newest_load = _days_left(context.instance, [load for load in loads if load.run_id in finished])
+        days = sorted(newest_load)
         now = datetime.now(UTC)  # the partitions are UTC days
         plan = plan_days(days, cursor.deferred, partitions.get_partition_keys(current_time=now), cursor)
         for day in plan.before_first_day:
@@ -268,7 +271,10 @@ def build_daily_sensor(settings: Settings) -> dg.SensorDefinition:
                 day,
                 settings.pipeline.first_day,
             )
-        requests = [days_run_request(first, last, cursor.after_storage_id) for first, last in plan.ranges]
+        requests = [
+            days_run_request(first, last, _newest_in(newest_load, first, last, cursor.after_storage_id))
+            for first, last in plan.ranges
+        ]
         context.log.info(
             "%d pull-table materializations read; recomputing %s; waiting for %s and for %d load runs to finish",
             len(records),
@@ -312,22 +318,27 @@ def _finished_runs(instance: dg.DagsterInstance, run_ids: set[str]) -> set[str]:
     return run_ids - live
 
 
-def _days_left(instance: dg.DagsterInstance, loads: Sequence[LoadDays]) -> list[str]:
-    """The days of finished loads that no run has recomputed since: a day partition of daily_pulls materialized
-    after the load's materialization read the load's rows (a load commits before it reports, and the warehouse pool
-    keeps runs from overlapping), whichever run did it."""
+def _days_left(instance: dg.DagsterInstance, loads: Sequence[LoadDays]) -> dict[str, int]:
+    """The days of finished loads that no run has recomputed since, each with the storage id of its newest load: a
+    day partition of daily_pulls materialized after the load's materialization read the load's rows (a load commits
+    before it reports, and the warehouse pool keeps runs from overlapping), whichever run did it."""
     newest_load: dict[str, int] = {}
     for load in loads:
         for day in load.days:
             newest_load[day] = max(newest_load.get(day, 0), load.storage_id)
-    return [
-        day
+    return {
+        day: storage_id
         for day, storage_id in sorted(newest_load.items())
         if not instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=DAILY_PULLS_KEY, asset_partitions=[day], after_storage_id=storage_id),
             limit=1,
         ).records
-    ]
+    }
+
+
+def _newest_in(newest_load: dict[str, int], first: str, last: str, default: int | None) -> int | None:
+    """The newest load behind the days ``first`` .. ``last`` (``default`` for days that waited for their partition)."""
+    return max((at for day, at in newest_load.items() if first <= day <= last), default=default)
 
 
 def _days_affected(record: dg.EventLogRecord) -> Iterator[str]:

@@ -46,7 +46,7 @@ def test_the_cursor_survives_its_text_and_starts_empty() -> None:
 
 def test_a_single_day_is_a_partition_and_a_stretch_a_range_each_under_its_own_run_key() -> None:
     single = days_run_request("2026-11-30", "2026-11-30", 9)
-    assert (single.partition_key, single.run_key) == ("2026-11-30", "days-2026-11-30-2026-11-30-after-9")
+    assert (single.partition_key, single.run_key) == ("2026-11-30", "days-2026-11-30-2026-11-30-load-9")
     stretch = days_run_request("2026-11-03", "2026-11-05", 9)
     assert stretch.partition_key is None
     assert (stretch.tags[RANGE_START_TAG], stretch.tags[RANGE_END_TAG]) == ("2026-11-03", "2026-11-05")

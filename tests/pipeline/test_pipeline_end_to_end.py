@@ -580,3 +580,44 @@ def test_a_load_run_whose_pulls_are_all_dated_on_other_days_recomputes_no_day(
     assert instance.get_materialized_partitions(DAILY_PULLS_KEY) == set()
     day_requests, _, _ = derive(defs, instance, None)
     assert [r.tags["dagster/asset_partition_range_start"] for r in day_requests] == [spec.first_day.isoformat()]
+
+
+def test_a_second_load_of_a_late_day_finishing_on_a_quiet_tick_gets_a_run_of_its_own(
+    defs: dg.Definitions, instance: dg.DagsterInstance, store: LocalLandingStore
+) -> None:
+    """Two loads bring pulls of the same late day; the first's day run has not run yet when the second's run finishes
+    on a tick that reads no new materialization. The second must be requested under its own run key: Dagster skips a
+    key it has seen, and the day would miss the second load's rows if the first's day run then failed for good."""
+    now = datetime.now(UTC)
+    yesterday = now.date() - timedelta(days=1)
+    runs = []
+    cursor = None
+    for seed in (1, 2):
+        spec = LandingSpec(
+            events=20, repositories=2, days=1, first_day=yesterday, events_per_object=20, seed=seed,
+            committed_from=now - timedelta(seconds=30 - seed), instance=f"rx-{seed}",
+        )  # fmt: skip
+        synthetic_landing(store, spec)
+        [request], cursor = sensor_tick(defs, instance, cursor)
+        [run] = launch(defs, instance, [request])
+        assert run.success and metadata(run, PULLS_KEY)["days_affected"] == [yesterday.isoformat()]
+        runs.append(run)
+    for run in runs:  # both still running, as far as the daily sensor can tell
+        set_run_status(instance, run.run_id, dg.DagsterEventType.RUN_START)
+    with dg.build_sensor_context(instance=instance, definitions=defs) as context:
+        day_cursor = defs.resolve_sensor_def(DAILY_SENSOR)(context).cursor
+
+    def tick() -> list[dg.RunRequest]:
+        nonlocal day_cursor
+        with dg.build_sensor_context(instance=instance, cursor=day_cursor, definitions=defs) as context:
+            result = defs.resolve_sensor_def(DAILY_SENSOR)(context)
+        day_cursor = result.cursor
+        return list(result.run_requests or [])
+
+    set_run_status(instance, runs[0].run_id, dg.DagsterEventType.RUN_SUCCESS)
+    [first] = tick()
+    set_run_status(instance, runs[1].run_id, dg.DagsterEventType.RUN_SUCCESS)
+    [second] = tick()  # read no new materialization: only the waiting load finished
+    assert first.partition_key == second.partition_key == yesterday.isoformat()
+    assert first.run_key != second.run_key
+    assert tick() == []
