@@ -69,6 +69,8 @@ def measure_floor(events: int, rate: float) -> list[float]:
         daemon = subprocess.Popen(
             [bin_dir / "dagster-daemon", "run", "-m", "benchmarks.floor_definitions", "-d", str(ROOT)],
             env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            # Dagster handles SIGTERM as SIGINT: neither may be inherited ignored (a benchmark run in the background).
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )  # fmt: skip
     done = tmp / "done.txt"
 
@@ -127,8 +129,10 @@ def main() -> int:
     log = tmp / "stack.log"
     with log.open("wb") as output:
         stack = subprocess.Popen(
-            [ROOT / "scripts/stack"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            [ROOT / "scripts/stack"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            # Stopped by SIGINT below, as a terminal's Ctrl-C: not ignored even when this runs in the background.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )  # fmt: skip
     try:
         started = time.monotonic()
         while "dagster: " not in log.read_text():

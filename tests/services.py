@@ -7,6 +7,7 @@ a client. Each class can stop and start its server on the same port and data, to
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import tempfile
@@ -17,6 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BQEMULATOR_BIN = Path(os.environ.get("BQEMULATOR_BIN", ROOT / ".cache/bqemulator-venv/bin/bqemulator"))
 BQEMULATOR_LAUNCHER = ROOT / "tests/emulators/bqemulator_fidelity.py"
 TEST_PROJECT = "test-project"
+
+
+def as_from_a_terminal() -> None:
+    """``preexec_fn`` for a process a test stops with SIGINT, as a terminal's Ctrl-C would: SIGINT back to its default.
+
+    A test run started in the background by a non-interactive shell (``cmd &`` without job control) inherits SIGINT
+    ignored, and a signal ignored at start can be neither trapped by bash (``scripts/stack``'s Ctrl-C trap) nor turned
+    into KeyboardInterrupt by Python (flask): the process would never see the test's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_port() -> int:

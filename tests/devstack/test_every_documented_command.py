@@ -27,7 +27,7 @@ from pull_events.landing import LocalLandingStore
 from tests.devstack.documented import ShellCommand, commands_in, documented, documented_commands
 from tests.receiver.deliveries import landed_records
 from tests.receiver.server import ROOT
-from tests.services import free_port
+from tests.services import as_from_a_terminal, free_port
 
 
 @dataclass(frozen=True)
@@ -241,7 +241,7 @@ def running(command: ShellCommand, env: dict[str, str], ready_url: str, log: Pat
     with log.open("wb") as output:
         process = subprocess.Popen(
             ["bash", "-c", command.text], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=as_from_a_terminal,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120

@@ -18,7 +18,7 @@ from pathlib import Path
 from pull_events.landing import LocalLandingStore
 from tests.receiver.deliveries import landed_records
 from tests.receiver.server import ROOT
-from tests.services import free_port
+from tests.services import as_from_a_terminal, free_port
 
 # Variables of the developer's own shell that would change what the stack does.
 _STACK_VARIABLES = ("CHAINGUARD_ISSUER", "CHAINGUARD_GROUP", "PULL_EVENTS_AUTH", "PULL_EVENTS_HOST", "DAGSTER_HOME")
@@ -43,6 +43,7 @@ def running_stack(env: dict[str, str], log: Path) -> Iterator[str]:
         process = subprocess.Popen(
             [ROOT / "scripts/stack", "--receiver-only"], env=env, stdout=output, stderr=subprocess.STDOUT,
             start_new_session=True,  # a terminal's Ctrl-C reaches the script alone, as below
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
@@ -140,8 +141,9 @@ def start_full_stack(env: dict[str, str], log: Path, root: Path = ROOT) -> subpr
     """Run ``scripts/stack`` from ``root`` (the project, or a copy of it) until Dagster answers."""
     with log.open("wb") as output:
         process = subprocess.Popen(
-            ["scripts/stack"], cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            ["scripts/stack"], cwd=root, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=as_from_a_terminal,
+        )  # fmt: skip
     wait_until(lambda: process.poll() is not None or "dagster: " in log.read_text(), "the stack never got ready")
     assert process.poll() is None, f"scripts/stack exited with {process.returncode}:\n{log.read_text()}"
     return process

@@ -26,7 +26,7 @@ from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import LandingSpec, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, expected_daily
 from tests.receiver.server import ROOT
-from tests.services import TEST_PROJECT, BigQueryEmulator, FakeGcsServer, free_port, wait_for_port
+from tests.services import TEST_PROJECT, BigQueryEmulator, FakeGcsServer, as_from_a_terminal, free_port, wait_for_port
 
 # Asks a running code server over gRPC, from the pipeline group's python, what the location serves.
 _ASK_CODE_SERVER = """
@@ -70,7 +70,10 @@ def code_server(pipeline_python: Path, location_env: dict[str, str], tmp_path: P
     command = [pipeline_python.parent / "dagster", "code-server", "start", "-h", "127.0.0.1", "-p", str(port)]
     command += ["-m", "pull_events_dagster.definitions", "--location-name", "pull_events"]
     with (tmp_path / "code-server.log").open("wb") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=location_env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, cwd=ROOT, env=location_env, stdout=log, stderr=subprocess.STDOUT,
+            preexec_fn=as_from_a_terminal,  # Dagster handles SIGTERM as SIGINT: neither may be inherited ignored
+        )  # fmt: skip
     try:
         # The proxy server loads the definitions in its child before it listens: an open port serves them.
         wait_for_port(port, process, timeout=120)

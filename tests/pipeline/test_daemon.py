@@ -30,6 +30,7 @@ from tests.pipeline.conftest import rows
 from tests.pipeline.factories import LandingSpec, SyntheticLanding, synthetic_landing
 from tests.pipeline.test_duckdb_warehouse import DAILY, PULLS, SUMMARY, expected_daily
 from tests.postgres_server import PostgresServer
+from tests.services import as_from_a_terminal
 
 ROOT = Path(__file__).resolve().parents[2]
 # How long a test waits for the daemon before it fails (a guard against a hang, not a measurement): generous,
@@ -89,6 +90,7 @@ def start_daemon(dagster_home: Path, landing_dir: Path, duckdb_path: Path, **kno
         stdout=log.open("ab"),  # appended: a restarted daemon logs after the first one
         stderr=subprocess.STDOUT,
         start_new_session=True,  # its code server and run workers go with it
+        preexec_fn=as_from_a_terminal,  # Dagster handles SIGTERM as SIGINT: neither may be inherited ignored
     )
 
 

@@ -31,6 +31,7 @@ from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import PULL_TYPE, pull_event, write_object
 from tests.pipeline.test_duckdb_warehouse import facts
 from tests.pipeline.test_pipeline_end_to_end import derive, launch, sensor_tick
+from tests.services import as_from_a_terminal
 from tests.ui.browser import Page, chromium, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +118,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shown]:
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        preexec_fn=as_from_a_terminal,  # Dagster handles SIGTERM as SIGINT: neither may be inherited ignored
     )
     url = f"http://127.0.0.1:{port}"
     try:
