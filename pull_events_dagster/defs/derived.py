@@ -5,8 +5,8 @@ late events included), and its own run recomputes one of them, its objects' day 
 after it. Once that run has finished, ``daily_pulls_sensor`` turns the days it left (late events, a day whose step
 failed) into runs of exactly those day partitions, with the summary in the same run. Each run recomputes its days
 from those days' rows of the pull table (delete, then insert: idempotent) and the summary only for the
-repositories whose figures changed. A user backfills any
-range of days from the UI in a single run; the summary follows those backfills by its automation condition.
+repositories whose figures changed. A user backfills any range of days from the UI in a single run; the summary
+follows those backfills by its automation condition.
 Nothing here reads the whole pull table: that is the scheduled audit's job (``checks.py``).
 """
 
