@@ -22,7 +22,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,25 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import duckdb
+from tests.devstack.stack import warehouse_rows
+from tests.services import as_from_a_terminal, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = "cloudevents_pull_event_recorder"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def read(warehouse: Path, sql: str) -> list[tuple[object, ...]] | None:
-    """Rows of ``sql``, read-only; None while the file is missing, has no such table yet or a load holds it."""
-    try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            return con.sql(sql).fetchall()
-    except (duckdb.IOException, duckdb.CatalogException):
-        return None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -70,7 +55,7 @@ def measure_floor(events: int, rate: float) -> list[float]:
             [bin_dir / "dagster-daemon", "run", "-m", "benchmarks.floor_definitions", "-d", str(ROOT)],
             env=env, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             # Dagster handles SIGTERM as SIGINT: neither may be inherited ignored (a benchmark run in the background).
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
     done = tmp / "done.txt"
 
@@ -131,7 +116,7 @@ def main() -> int:
         stack = subprocess.Popen(
             [ROOT / "scripts/stack"], env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
             # Stopped by SIGINT below, as a terminal's Ctrl-C: not ignored even when this runs in the background.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
     try:
         started = time.monotonic()
@@ -149,7 +134,7 @@ def main() -> int:
             env=env, check=True, capture_output=True,
         )  # fmt: skip
         warm_deadline = time.monotonic() + 300
-        while not read(warehouse, f"SELECT 1 FROM {SCHEMA}.repository_pull_summary"):
+        while not warehouse_rows(warehouse, f"SELECT 1 FROM {SCHEMA}.repository_pull_summary"):
             if time.monotonic() > warm_deadline:
                 print("the warm-up event never reached the summary", file=sys.stderr)
                 return 1
@@ -165,17 +150,21 @@ def main() -> int:
         summary_seen: dict[object, set[float]] = {}
         deadline = None
         while True:
-            daily = read(warehouse, f"SELECT day, repository, epoch(computed_at) FROM {SCHEMA}.daily_pulls")
-            summary = read(warehouse, f"SELECT repository, epoch(computed_at) FROM {SCHEMA}.repository_pull_summary")
+            daily = warehouse_rows(warehouse, f"SELECT day, repository, epoch(computed_at) FROM {SCHEMA}.daily_pulls")
+            summary = warehouse_rows(
+                warehouse, f"SELECT repository, epoch(computed_at) FROM {SCHEMA}.repository_pull_summary"
+            )
             for day, repository, at in daily or []:
                 daily_seen.setdefault((day, repository), set()).add(float(at))  # type: ignore[arg-type]
             for repository, at in summary or []:
                 summary_seen.setdefault(repository, set()).add(float(at))  # type: ignore[arg-type]
             if generator.poll() is not None:
                 deadline = deadline or time.monotonic() + 120
-                pulls = read(warehouse, f"SELECT max(epoch(loaded_at)) FROM {SCHEMA}.dev_chainguard_registry_pull_v1")
+                pulls = warehouse_rows(
+                    warehouse, f"SELECT max(epoch(loaded_at)) FROM {SCHEMA}.dev_chainguard_registry_pull_v1"
+                )
                 newest = pulls[0][0] if pulls else None
-                ledger = read(warehouse, f"SELECT count(*) FROM {SCHEMA}.loaded_objects")
+                ledger = warehouse_rows(warehouse, f"SELECT count(*) FROM {SCHEMA}.loaded_objects")
                 landed = sum(1 for _ in (tmp / "landing").rglob("*.ndjson"))
                 caught_up = (
                     newest is not None
@@ -190,7 +179,7 @@ def main() -> int:
         sent = generator.stdout.read() if generator.stdout else ""  # type: ignore[union-attr]
         rows = None
         while rows is None:
-            rows = read(
+            rows = warehouse_rows(
                 warehouse,
                 "SELECT day, body.repository, epoch(received_at), epoch(loaded_at) "
                 f"FROM {SCHEMA}.dev_chainguard_registry_pull_v1",

@@ -15,10 +15,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from tests.devstack.documented import documented
+from tests.devstack.stack import warehouse_rows
 from tests.devstack.test_documented_commands import documented_queries
 from tests.devstack.test_stack_script import marked_processes, start_full_stack, wait_until
 from tests.receiver.server import ROOT
@@ -76,15 +76,6 @@ def generated(key: str, copy: Path, env: dict[str, str]) -> dict[str, Any]:
     sent = int(key.split("--events ")[1].split()[0])
     assert (report["sent"], report["accepted"], report["refused"], report["failed"]) == (sent, sent, 0, 0)
     return report
-
-
-def warehouse_rows(warehouse: Path, sql: str) -> list[tuple[Any, ...]] | None:
-    """``sql``'s rows, read-only; None while a load holds the file."""
-    try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            return con.sql(sql).fetchall()
-    except (duckdb.IOException, duckdb.CatalogException):
-        return None
 
 
 def read(warehouse: Path, sql: str) -> list[tuple[Any, ...]]:

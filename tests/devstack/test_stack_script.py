@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pull_events.landing import LocalLandingStore
+from tests.devstack.stack import warehouse_rows
 from tests.receiver.deliveries import landed_records
 from tests.receiver.server import ROOT
 from tests.services import as_from_a_terminal, free_port
@@ -119,14 +120,10 @@ def marked_processes(marker: str) -> list[str]:
 
 def pull_rows(warehouse: Path) -> int | None:
     """Rows in the pull table, read-only; None while the file is missing or a load holds its lock."""
-    import duckdb
-
-    try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            rows = con.sql("SELECT count(*) FROM cloudevents_pull_event_recorder.dev_chainguard_registry_pull_v1")
-            return int(rows.fetchall()[0][0])
-    except (duckdb.IOException, duckdb.CatalogException):
-        return None
+    rows = warehouse_rows(
+        warehouse, "SELECT count(*) FROM cloudevents_pull_event_recorder.dev_chainguard_registry_pull_v1"
+    )
+    return None if rows is None else int(rows[0][0])
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -> None:

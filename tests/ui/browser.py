@@ -22,6 +22,8 @@ from typing import Any
 
 from websockets.sync.client import ClientConnection, connect
 
+from tests.services import stop_process
+
 # How long a page may take to show what a test waits for: the UI's first load compiles nothing, but on two busy
 # cores its GraphQL queries and the code location's answers take seconds.
 PAGE_TIMEOUT_S = 120.0
@@ -139,12 +141,7 @@ def chromium(profile: Path, width: int = 1600, height: int = 1100) -> Iterator[P
             )
             yield page
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        stop_process(process)
         log.close()
 
 

@@ -31,7 +31,7 @@ from tests.pipeline.conftest import pipeline_settings
 from tests.pipeline.factories import PULL_TYPE, pull_event, write_object
 from tests.pipeline.test_duckdb_warehouse import facts
 from tests.pipeline.test_pipeline_end_to_end import derive, launch, sensor_tick
-from tests.services import as_from_a_terminal
+from tests.services import as_from_a_terminal, stop_process
 from tests.ui.browser import Page, chromium, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,12 +125,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shown]:
         _wait_for_server(url, server, work / "webserver.log")
         yield Shown(url=url, day=day, top_repository="acme.dev/nginx", image_pulls=image_pulls)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=30)
+        stop_process(server)
         log.close()
 
 
